@@ -1,0 +1,84 @@
+"""``lightning-al``: the LightningCLI of the system (fit / validate / test / predict)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonargparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+
+from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.loop import ActiveLearningLoop
+from lightning_al.model.loading import CHAR_TOKENIZER
+from lightning_al.model.module import LoRALanguageModel
+
+
+def run_dir_of(run_name: str) -> str:
+    return str(Path("checkpoints") / run_name)
+
+
+def tokenizer_of(pretrained: str | None, tokenizer: str | None) -> str:
+    return tokenizer or pretrained or CHAR_TOKENIZER
+
+
+def max_epochs_of(rounds: int, epochs_per_round: int) -> int:
+    return rounds * epochs_per_round
+
+
+class RunConfigSaver(SaveConfigCallback):
+    """Also keeps the resolved config in the run folder, beside the rounds it produced."""
+
+    def save_config(self, trainer, pl_module, stage: str) -> None:
+        run_dir = Path(self.config.loop.run_dir)
+        if trainer.is_global_zero and stage == "fit":
+            run_dir.mkdir(parents=True, exist_ok=True)
+            text = self.parser.dump(self.config, skip_none=False, skip_check=True)
+            (run_dir / "config.yaml").write_text(text)
+
+
+class ActiveLearningCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--run_name", type=str, default="demo",
+            help="Name of the run: outputs go to checkpoints/<run_name> and TensorBoard logs to lightning_logs/<run_name>.",
+        )
+        parser.add_lightning_class_args(ActiveLearningLoop, "loop")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.save_last": True,
+            "checkpoint.save_top_k": -1,
+            "checkpoint.save_on_train_epoch_end": True,
+            "checkpoint.filename": "round_end-{epoch}",
+            "trainer.reload_dataloaders_every_n_epochs": 1,
+        })
+        parser.link_arguments("run_name", "loop.run_dir", compute_fn=run_dir_of)
+        parser.link_arguments("run_name", "checkpoint.dirpath", compute_fn=run_dir_of)
+        parser.link_arguments(("loop.rounds", "loop.epochs_per_round"), "trainer.max_epochs", compute_fn=max_epochs_of)
+        # Per-round checkpoints: one at the end of each round ("last" is still written every epoch).
+        parser.link_arguments("loop.epochs_per_round", "checkpoint.every_n_epochs")
+        parser.link_arguments(("model.pretrained", "model.tokenizer"), "data.tokenizer", compute_fn=tokenizer_of)
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if config.trainer.logger in (None, True):
+            # A fixed folder per run name (no version_N), so a resumed run keeps writing to the same curves.
+            config.trainer.logger = Namespace(
+                class_path="lightning.pytorch.loggers.TensorBoardLogger",
+                init_args=Namespace(save_dir="lightning_logs", name=config.run_name, version=""),
+            )
+
+
+def main(args: list[str] | None = None) -> ActiveLearningCLI:
+    return ActiveLearningCLI(
+        LoRALanguageModel,
+        ActiveLearningDataModule,
+        seed_everything_default=42,
+        save_config_callback=RunConfigSaver,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+    )
+
+
+if __name__ == "__main__":
+    main()

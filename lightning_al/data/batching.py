@@ -1,0 +1,85 @@
+"""Batching: dynamic padding and length-grouped orders so that little compute goes to padding."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler
+
+IGNORE_INDEX = -100
+
+
+class CausalLMCollator:
+    """Pads a list of tokenized examples to the longest in the batch.
+
+    ``prompt_only`` keeps only the prompt tokens (scoring and generation must never see the
+    reference response). Training batches get ``labels`` with the prompt and padding masked out.
+    """
+
+    def __init__(self, pad_token_id: int, padding_side: str = "right", prompt_only: bool = False) -> None:
+        self.pad_token_id = pad_token_id
+        self.padding_side = padding_side
+        self.prompt_only = prompt_only
+
+    def __call__(self, examples: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if self.prompt_only:
+            sequences = [ex["input_ids"][: ex["prompt_length"]] for ex in examples]
+        else:
+            sequences = [ex["input_ids"] for ex in examples]
+        width = max(len(s) for s in sequences)
+        input_ids = torch.full((len(sequences), width), self.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(sequences), width), dtype=torch.long)
+        labels = torch.full((len(sequences), width), IGNORE_INDEX, dtype=torch.long)
+        for row, (ex, seq) in enumerate(zip(examples, sequences)):
+            span = slice(width - len(seq), width) if self.padding_side == "left" else slice(0, len(seq))
+            input_ids[row, span] = torch.tensor(seq, dtype=torch.long)
+            attention_mask[row, span] = 1
+            if not self.prompt_only:
+                row_labels = torch.tensor(seq, dtype=torch.long)
+                row_labels[: ex["prompt_length"]] = IGNORE_INDEX
+                labels[row, span] = row_labels
+        batch = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "index": torch.tensor([ex["index"] for ex in examples], dtype=torch.long),
+        }
+        if self.prompt_only:
+            batch["content_start"] = torch.tensor([ex["content_start"] for ex in examples], dtype=torch.long)
+            batch["content_end"] = torch.tensor([ex["content_end"] for ex in examples], dtype=torch.long)
+        else:
+            batch["labels"] = labels
+        return batch
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """A seeded random order in which neighbours have similar lengths.
+
+    Shuffles, then sorts within mega-batches of ``batch_size * group_factor`` (as transformers'
+    ``LengthGroupedSampler``), so batches are random but hold little padding. Under DDP, Lightning
+    shards this order with a stride, which keeps neighbouring (similar) lengths together.
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, group_factor: int = 50) -> None:
+        self.lengths = np.asarray(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_factor = group_factor
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        order = np.random.default_rng(self.seed).permutation(len(self.lengths))
+        group = self.batch_size * self.group_factor
+        for start in range(0, len(order), group):
+            chunk = order[start : start + group]
+            yield from chunk[np.argsort(-self.lengths[chunk], kind="stable")].tolist()
+
+
+def length_sorted(indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Indices sorted by decreasing length (stable): batches of equal-length prompts, largest first
+    so that an out-of-memory error shows up at once rather than at the end of a pass."""
+    return indices[np.argsort(-lengths[indices], kind="stable")]

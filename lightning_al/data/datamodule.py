@@ -1,0 +1,255 @@
+"""The DataModule: one pool of examples, a held-out split, and the labeled / unlabeled state."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from functools import cached_property
+from pathlib import Path
+
+import datasets
+import numpy as np
+import torch
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader, Subset
+
+from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, length_sorted
+from lightning_al.data.formatting import tokenize_example
+from lightning_al.data.sources import PoolSource, SyntheticTasks
+from lightning_al.model.loading import CHAR_TOKENIZER, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+UNLABELED = -1
+_FORMAT_VERSION = "2"  # bump when tokenize_example changes, to invalidate old caches
+
+
+class ActiveLearningDataModule(LightningDataModule):
+    """Serves the labeled set for training, the held-out split for validation, and the unlabeled
+    pool (prompts only) for scoring.
+
+    Each pool example's acquisition round (or -1, unlabeled) is the whole active-learning state
+    of the data; it is saved through ``state_dict`` into every checkpoint.
+
+    Args:
+        pool: Where the pool comes from (``class_path`` of a source in ``lightning_al.data.sources``).
+        tokenizer: Hub id or local folder of the tokenizer, or ``"char"`` for the built-in
+            character-level one. Linked from ``model.tokenizer`` by the CLI.
+        validation_size: Held-out examples never acquired: a count (int >= 1) or a fraction of the pool.
+        max_pool_size: Use a seeded random subset of this many pool examples (None: all).
+        split_seed: Seed of the pool subset and the held-out split. Kept apart from the run's seed so
+            that every run of a study sees the same pool and the same held-out set.
+        max_length: Maximum tokens of prompt + response; longer examples are truncated (counted and logged).
+        max_prompt_length: Maximum prompt tokens (the prompt's end is kept). Default: 3/4 of max_length.
+        batch_size: Training batch size (per device).
+        eval_batch_size: Batch size for validation and for scoring the pool (per device).
+        num_workers: DataLoader worker processes.
+        cache_dir: Folder for the tokenized-pool cache (default: the datasets cache folder).
+    """
+
+    def __init__(
+        self,
+        pool: PoolSource | None = None,
+        tokenizer: str = CHAR_TOKENIZER,
+        validation_size: int | float = 0.05,
+        max_pool_size: int | None = None,
+        split_seed: int = 0,
+        max_length: int = 512,
+        max_prompt_length: int | None = None,
+        batch_size: int = 8,
+        eval_batch_size: int = 16,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = pool if pool is not None else SyntheticTasks()
+        self.tokenizer_name = tokenizer
+        self.validation_size = validation_size
+        self.max_pool_size = max_pool_size
+        self.split_seed = split_seed
+        self.max_length = max_length
+        self.max_prompt_length = max_prompt_length or (3 * max_length) // 4
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_al"
+        #: Only the newest round is trained on (the ``incremental`` retraining policy); set by the loop.
+        self.train_latest_round_only = False
+        #: Seed of the training order; the loop sets it from the run's seed.
+        self.seed = 0
+        self.pool: datasets.Dataset | None = None
+        self.acquired_round = np.empty(0, dtype=np.int64)
+        self._check_config()
+
+    def _check_config(self) -> None:
+        if isinstance(self.validation_size, float) and not 0.0 <= self.validation_size < 1.0:
+            raise ValueError(f"data.validation_size: a fraction must be in [0, 1), got {self.validation_size}")
+        if isinstance(self.validation_size, int) and self.validation_size < 0:
+            raise ValueError(f"data.validation_size: must be >= 0, got {self.validation_size}")
+        if self.max_prompt_length >= self.max_length:
+            raise ValueError(
+                f"data.max_prompt_length ({self.max_prompt_length}) must be < data.max_length ({self.max_length})"
+            )
+
+    @cached_property
+    def tokenizer(self):
+        return load_tokenizer(self.tokenizer_name)
+
+    # ---------------------------------------------------------------- loading
+    def prepare_data(self) -> None:
+        # Runs on one process per node: downloads and tokenizes once, later calls hit the cache.
+        self._tokenized_pool()
+
+    def setup(self, stage: str) -> None:
+        if self.pool is not None:
+            return
+        tokenized = self._tokenized_pool()
+        rng = np.random.default_rng(self.split_seed)
+        if self.max_pool_size is not None and self.max_pool_size < len(tokenized):
+            tokenized = tokenized.select(np.sort(rng.choice(len(tokenized), self.max_pool_size, replace=False)))
+        self.pool = tokenized.add_column("index", list(range(len(tokenized))))
+        n = len(self.pool)
+        n_val = self.validation_size if isinstance(self.validation_size, int) else round(self.validation_size * n)
+        if n_val >= n:
+            raise ValueError(f"data.validation_size: {n_val} held-out examples leave none of the {n} in the pool")
+        self.held_out = np.zeros(n, dtype=bool)
+        self.held_out[rng.permutation(n)[:n_val]] = True
+        self.acquired_round = np.full(n, UNLABELED, dtype=np.int64)
+        self._log_pool_summary()
+
+    def _tokenized_pool(self) -> datasets.Dataset:
+        raw = self.source.load()
+        # Keyed on the pool's contents (not its path), so an edited file is tokenized again.
+        key = "|".join(
+            [_FORMAT_VERSION, _table_digest(raw.data.table), self.tokenizer_name, str(len(self.tokenizer)),
+             str(self.tokenizer.chat_template), str(self.max_length), str(self.max_prompt_length)]
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        return raw.map(
+            tokenize_example,
+            fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length,
+                       "max_prompt_length": self.max_prompt_length},
+            remove_columns=["system", "prompt", "response"],
+            cache_file_name=str(self.cache_dir / f"tokenized-{digest}.arrow"),
+            load_from_cache_file=True,
+            desc="Tokenizing the pool",
+        )
+
+    def _log_pool_summary(self) -> None:
+        truncated = int(np.sum(self.pool["truncated"]))
+        empty = int(np.sum(self.response_lengths == 0))
+        rank_zero_info(
+            f"Pool: {len(self.pool)} examples ({int(self.held_out.sum())} held out) from {self.source.describe()}; "
+            f"{truncated} truncated at max_length={self.max_length} "
+            f"({100 * truncated / max(len(self.pool), 1):.1f}%)"
+            + (f"; {empty} with no response token left are never acquired" if empty else "")
+        )
+
+    @cached_property
+    def prompt_lengths(self) -> np.ndarray:
+        return np.asarray(self.pool["prompt_length"], dtype=np.int64)
+
+    @cached_property
+    def response_lengths(self) -> np.ndarray:
+        return np.asarray(self.pool["response_length"], dtype=np.int64)
+
+    @cached_property
+    def ids(self) -> np.ndarray:
+        return np.asarray(self.pool["id"])
+
+    @cached_property
+    def tasks(self) -> np.ndarray:
+        return np.asarray(self.pool["task"])
+
+    # ---------------------------------------------------------------- labeled / unlabeled state
+    @property
+    def num_candidates(self) -> int:
+        """Examples that may ever be acquired: not held out, with a response token to learn."""
+        return int(np.sum(~self.held_out & (self.response_lengths > 0)))
+
+    def unlabeled_indices(self) -> np.ndarray:
+        return np.flatnonzero((self.acquired_round == UNLABELED) & ~self.held_out & (self.response_lengths > 0))
+
+    def labeled_indices(self, round: int | None = None) -> np.ndarray:
+        if round is None:
+            return np.flatnonzero(self.acquired_round != UNLABELED)
+        return np.flatnonzero(self.acquired_round == round)
+
+    def acquire(self, indices: np.ndarray, round: int) -> None:
+        """Label the given pool indices in ``round``. The labeled set only grows, never twice the same id."""
+        indices = np.asarray(indices, dtype=np.int64)
+        if len(np.unique(indices)) != len(indices):
+            raise RuntimeError(f"round {round}: the acquisition holds an example twice")
+        if np.any(self.acquired_round[indices] != UNLABELED) or np.any(self.held_out[indices]):
+            raise RuntimeError(f"round {round}: the acquisition holds labeled or held-out examples")
+        self.acquired_round[indices] = round
+
+    def state_dict(self) -> dict:
+        return {"acquired_round": self.acquired_round.tolist(), "pool_fingerprint": self._pool_fingerprint()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict["pool_fingerprint"] != self._pool_fingerprint():
+            raise ValueError(
+                "The checkpoint was made with a different pool (data.pool, data.max_pool_size, data.split_seed "
+                "or data.validation_size changed); resume with the configuration it was made with"
+            )
+        self.acquired_round = np.asarray(state_dict["acquired_round"], dtype=np.int64)
+
+    def _pool_fingerprint(self) -> str:
+        digest = hashlib.sha256("\n".join(self.ids.tolist()).encode())
+        digest.update(self.held_out.tobytes())
+        return digest.hexdigest()
+
+    # ---------------------------------------------------------------- dataloaders
+    def train_dataloader(self) -> DataLoader:
+        rounds = self.acquired_round[self.acquired_round != UNLABELED]
+        latest = int(rounds.max()) if len(rounds) else 0
+        indices = self.labeled_indices(latest if self.train_latest_round_only else None)
+        if len(indices) == 0:
+            raise RuntimeError("train_dataloader: nothing is labeled yet (the loop acquires round 0 in on_fit_start)")
+        # A new order each epoch, reproducible from (seed, epoch) so that a resumed run sees the same batches.
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        sampler = LengthGroupedSampler(self.pool_lengths[indices], self.batch_size, seed=self.seed * 100_003 + epoch)
+        return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler)
+
+    def val_dataloader(self) -> DataLoader:
+        indices = length_sorted(np.flatnonzero(self.held_out), self.pool_lengths)
+        return self._loader(indices, self.eval_batch_size, CausalLMCollator(self.tokenizer.pad_token_id))
+
+    def score_dataloader(self, indices: np.ndarray) -> DataLoader:
+        """Prompts only (never the reference response), left-padded for generation, sorted by length."""
+        indices = length_sorted(np.asarray(indices, dtype=np.int64), self.prompt_lengths)
+        collator = CausalLMCollator(self.tokenizer.pad_token_id, padding_side="left", prompt_only=True)
+        return self._loader(indices, self.eval_batch_size, collator)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.score_dataloader(self.unlabeled_indices())
+
+    @property
+    def pool_lengths(self) -> np.ndarray:
+        return self.prompt_lengths + self.response_lengths
+
+    def _loader(self, indices: np.ndarray, batch_size: int, collator: CausalLMCollator, sampler=None) -> DataLoader:
+        return DataLoader(
+            Subset(self.pool, indices.tolist()),
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=False,
+            collate_fn=collator,
+            num_workers=self.num_workers,
+            # Its own generator: drawing worker seeds from the global RNG would shift dropout masks
+            # between a resumed and an uninterrupted run.
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+
+
+def _table_digest(table) -> str:
+    digest = hashlib.sha256()
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+    return digest.hexdigest()

@@ -1,0 +1,84 @@
+"""Turn pool examples into token ids: chat template, response-only labels, truncation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from transformers import PreTrainedTokenizerBase
+
+#: Used when a tokenizer has no chat template (base models).
+PLAIN_TEMPLATE = "{system}### Instruction:\n{prompt}\n\n### Response:\n"
+
+
+def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
+    messages = [{"role": "system", "content": system}] if system else []
+    return messages + [{"role": "user", "content": prompt}]
+
+
+def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str) -> str:
+    """The text the model sees before it answers: the chat template with the generation prompt."""
+    if tokenizer.chat_template:
+        return tokenizer.apply_chat_template(chat_messages(system, prompt), tokenize=False, add_generation_prompt=True)
+    return PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", prompt=prompt)
+
+
+def response_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str, response: str) -> str:
+    """What the model must produce after the prompt, end-of-turn marker included.
+
+    Derived as the chat template's full conversation minus its prompt, so that the end-of-turn
+    token of the tokenizer's own template (``<|eot_id|>``, ``<|im_end|>``, ...) is learnt.
+    """
+    if not tokenizer.chat_template:
+        return response + (tokenizer.eos_token or "")
+    messages = chat_messages(system, prompt) + [{"role": "assistant", "content": response}]
+    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    head = prompt_text(tokenizer, system, prompt)
+    if not full.startswith(head):
+        raise ValueError("the tokenizer's chat template renders the prompt differently with and without the answer")
+    return full[len(head) :]
+
+
+def content_span(text: str, content: str, offsets: list[tuple[int, int]] | None, num_tokens: int) -> tuple[int, int]:
+    """Token range [start, end) of the user's own text inside the templated prompt.
+
+    ``prompt``-mode scoring covers only these tokens: template tokens (role headers, the
+    generation prompt) are the same in every example and say nothing about its uncertainty.
+    Without offsets (slow tokenizers) the whole prompt is the content.
+    """
+    stripped = content.strip()
+    begin = text.rfind(stripped)
+    if offsets is None or begin < 0 or not stripped:
+        return 0, num_tokens
+    finish = begin + len(stripped)
+    inside = [i for i, (a, b) in enumerate(offsets) if a < finish and b > begin]
+    return (inside[0], inside[-1] + 1) if inside else (0, num_tokens)
+
+
+def tokenize_example(
+    example: dict[str, Any], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int
+) -> dict[str, Any]:
+    """Token ids of one example: ``input_ids`` = prompt + response, ``prompt_length`` marks the split.
+
+    A prompt longer than ``max_prompt_length`` keeps its end (the question and the generation
+    prompt); the response is cut at ``max_length``. ``truncated`` records either cut.
+    """
+    system, prompt = example["system"], example["prompt"]
+    text = prompt_text(tokenizer, system, prompt)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    prompt_ids = encoded["input_ids"]
+    content_start, content_end = content_span(text, prompt, encoded.get("offset_mapping"), len(prompt_ids))
+    response_ids = tokenizer(response_text(tokenizer, system, prompt, example["response"]), add_special_tokens=False)[
+        "input_ids"
+    ]
+    truncated = len(prompt_ids) > max_prompt_length or len(prompt_ids) + len(response_ids) > max_length
+    cut = max(len(prompt_ids) - max_prompt_length, 0)
+    prompt_ids = prompt_ids[cut:]
+    response_ids = response_ids[: max_length - len(prompt_ids)]
+    return {
+        "input_ids": prompt_ids + response_ids,
+        "prompt_length": len(prompt_ids),
+        "content_start": max(content_start - cut, 0),
+        "content_end": max(content_end - cut, 0),
+        "response_length": len(response_ids),
+        "truncated": truncated,
+    }

@@ -1,0 +1,529 @@
+"""Pool sources: load an unlabelled pool as one ``datasets.Dataset``.
+
+Every source returns the same string columns, in this order: ``id``, ``task``,
+``system``, ``prompt``, ``response`` (``system`` is ``""`` when there is none).
+Sources are configured from YAML as ``class_path``/``init_args``, so their
+``__init__`` docstrings double as CLI help.
+
+Bad data fails loudly with a :class:`DataValidationError` that names the file
+or dataset and the row, because a silently skipped or mangled example skews
+every acquisition round after it. ``drop_invalid=True`` opts into dropping
+invalid rows with a logged warning instead.
+"""
+
+from __future__ import annotations
+
+import abc
+import csv
+import inspect
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import datasets
+import pyarrow as pa
+from datasets.exceptions import DatasetGenerationError
+
+from lightning_al.data.synthetic import generate_examples
+
+logger = logging.getLogger(__name__)
+
+POOL_COLUMNS = ("id", "task", "system", "prompt", "response")
+FIELD_NAMES = (*POOL_COLUMNS, "messages")
+POOL_FEATURES = datasets.Features({column: datasets.Value("string") for column in POOL_COLUMNS})
+
+Example = dict[str, str]
+
+_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
+_FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
+_CONVERSATION_FIELDS = ("system", "prompt", "response")
+_LISTED_ROWS = 5
+
+
+class DataValidationError(ValueError):
+    """A pool source is missing, malformed, misconfigured or holds an invalid row."""
+
+
+class _InvalidRow(Exception):
+    def __init__(self, reason: str, example_id: str | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.example_id = example_id
+
+
+class PoolSource(abc.ABC):
+    """A source of unlabelled pool examples."""
+
+    @abc.abstractmethod
+    def load(self) -> datasets.Dataset:
+        """Load the pool with the columns ``id, task, system, prompt, response`` (all strings)."""
+
+    def describe(self) -> str:
+        """Short name for logs and cache keys; it changes whenever an init arg changes.
+
+        Subclasses store every init arg under its own name, so the repr of the
+        signature's arguments covers them all.
+        """
+        names = [name for name in inspect.signature(type(self).__init__).parameters if name != "self"]
+        args = ", ".join(f"{name}={getattr(self, name)!r}" for name in names)
+        return f"{type(self).__name__}({args})"
+
+
+class SyntheticTasks(PoolSource):
+    """Seeded synthetic tasks with exact answers, for offline demos and tests."""
+
+    def __init__(
+        self,
+        num_examples: int = 2000,
+        tasks: list[str] = ["copy", "reverse", "sort", "add", "count"],  # noqa: B006 - copied below; CLI shows it
+        seed: int = 0,
+        min_length: int = 3,
+        max_length: int = 12,
+    ) -> None:
+        """Configure the generator.
+
+        Args:
+            num_examples: Number of examples in the pool; tasks are assigned round-robin.
+            tasks: Task names, any of copy, reverse, sort, add, count, upper.
+            seed: Seed of the generator; the same seed always gives the same pool.
+            min_length: Shortest input (letters, or total digits for ``add``); longer is harder.
+            max_length: Longest input; lengths are drawn uniformly from ``[min_length, max_length]``.
+        """
+        self.num_examples = num_examples
+        self.tasks = list(tasks)
+        self.seed = seed
+        self.min_length = min_length
+        self.max_length = max_length
+
+    def load(self) -> datasets.Dataset:
+        examples = generate_examples(self.num_examples, self.tasks, self.seed, self.min_length, self.max_length)
+        return _to_dataset(examples)
+
+
+class LocalFile(PoolSource):
+    """A pool stored in one local jsonl, json, parquet, csv or tsv file."""
+
+    def __init__(
+        self,
+        path: str,
+        fields: dict[str, str] | None = None,
+        format: str | None = None,  # noqa: A002 - the YAML key users expect
+        task: str | None = None,
+        drop_invalid: bool = False,
+    ) -> None:
+        """Configure the file source.
+
+        Args:
+            path: Path of the file.
+            fields: Maps pool field names (``id``, ``task``, ``system``, ``prompt``,
+                ``response``, ``messages``) to column names of the file, e.g.
+                ``{prompt: question, response: answer}``. A field whose name is
+                already a column needs no entry. Either ``prompt`` and ``response``
+                or ``messages`` (a chat list of ``{role, content}``: optional system
+                turns, one user turn, a final assistant turn) must be available.
+                Without an ``id`` column ids are ``<task>-<row>``.
+            format: One of jsonl, json, parquet, csv, tsv; inferred from the file
+                extension when not given.
+            task: Task name for every row when ``fields`` has no ``task`` column;
+                defaults to the file name without extension.
+            drop_invalid: Drop rows with a missing, empty or undecodable prompt or
+                response (logging how many and why) instead of raising an error.
+        """
+        self.path = path
+        self.fields = fields
+        self.format = format
+        self.task = task
+        self.drop_invalid = drop_invalid
+
+    def load(self) -> datasets.Dataset:
+        path = Path(self.path)
+        if not path.is_file():
+            raise DataValidationError(f"{path}: file not found (LocalFile.path)")
+        fmt = _file_format(path, self.format)
+        table = _load_file(path, fmt)
+        return _pool_from_table(
+            table,
+            source=str(path),
+            fields=self.fields,
+            default_task=self.task or path.stem,
+            drop_invalid=self.drop_invalid,
+            line_offset=1 if fmt == "jsonl" else None,
+        )
+
+
+class HubDataset(PoolSource):
+    """A pool from a Hugging Face Hub dataset, or a local dataset folder laid out like one.
+
+    Tulu's FLAN v2 mix stores chats in ``messages`` and the original FLAN task in
+    ``_task_name``, so it is configured as::
+
+        class_path: lightning_al.data.sources.HubDataset
+        init_args:
+          name: ai2-adapt-dev/flan_v2_converted
+          fields: {task: _task_name}
+    """
+
+    def __init__(
+        self,
+        name: str,
+        split: str = "train",
+        subset: str | None = None,
+        revision: str | None = None,
+        fields: dict[str, str] | None = None,
+        task: str | None = None,
+        drop_invalid: bool = False,
+    ) -> None:
+        """Configure the hub source.
+
+        Args:
+            name: Hub dataset id such as ``ai2-adapt-dev/flan_v2_converted``, or a
+                local folder of data files.
+            split: Split to load.
+            subset: Dataset configuration (subset) name, if the dataset has several.
+            revision: Git revision (branch, tag or commit) to pin for reproducibility.
+            fields: Maps pool field names (``id``, ``task``, ``system``, ``prompt``,
+                ``response``, ``messages``) to column names of the dataset. A field
+                whose name is already a column needs no entry. Either ``prompt`` and
+                ``response`` or ``messages`` (a chat list of ``{role, content}``:
+                optional system turns, one user turn, a final assistant turn) must
+                be available. For ``ai2-adapt-dev/flan_v2_converted`` map
+                ``task: _task_name`` to keep the original FLAN task names.
+            task: Task name for every row when ``fields`` has no ``task`` column;
+                defaults to the last path component of ``name``.
+            drop_invalid: Drop rows with a missing, empty or undecodable prompt or
+                response (logging how many and why) instead of raising an error.
+        """
+        self.name = name
+        self.split = split
+        self.subset = subset
+        self.revision = revision
+        self.fields = fields
+        self.task = task
+        self.drop_invalid = drop_invalid
+
+    def load(self) -> datasets.Dataset:
+        table = datasets.load_dataset(self.name, self.subset, split=self.split, revision=self.revision)
+        subset = f"/{self.subset}" if self.subset else ""
+        return _pool_from_table(
+            table,
+            source=f"{self.name}{subset}[{self.split}]",
+            fields=self.fields,
+            default_task=self.task or self.name.rstrip("/").rsplit("/", 1)[-1],
+            drop_invalid=self.drop_invalid,
+            line_offset=None,
+        )
+
+
+class FlanCoT(PoolSource):
+    """FLAN v2 chain-of-thought TSV files (``<task>_train.tsv``: question, answer, rationale; no header).
+
+    The response is ``"<rationale> So the answer is <answer>."``, the format FLAN
+    uses to train chain-of-thought; ids are ``<task>-<row>``.
+    """
+
+    def __init__(self, path: str, tasks: list[str] | None = None, drop_invalid: bool = False) -> None:
+        """Configure the FLAN CoT source.
+
+        Args:
+            path: A folder of ``<task>_train.tsv`` files, or one such file.
+            tasks: Tasks to load (file names without ``_train.tsv``); all when not given.
+            drop_invalid: Drop malformed or empty rows (logging how many and why)
+                instead of raising an error.
+        """
+        self.path = path
+        self.tasks = tasks
+        self.drop_invalid = drop_invalid
+
+    def load(self) -> datasets.Dataset:
+        examples: list[Example] = []
+        for task, file in self._task_files().items():
+            with file.open("rb") as handle:
+                examples += _assemble(
+                    str(file), enumerate(handle), partial(_flan_example, task), self.drop_invalid, line_offset=1
+                )
+        return _to_dataset(examples)
+
+    def _task_files(self) -> dict[str, Path]:
+        root = Path(self.path)
+        if root.is_file():
+            files = [root]
+        elif root.is_dir():
+            files = sorted(root.glob("*_train.tsv"))
+        else:
+            raise DataValidationError(f"{root}: not found (FlanCoT.path)")
+        if not files:
+            raise DataValidationError(f"{root}: no *_train.tsv files (FlanCoT.path)")
+        by_task = {_flan_task(file): file for file in files}
+        if self.tasks is None:
+            return by_task
+        unknown = [task for task in self.tasks if task not in by_task]
+        if unknown:
+            raise DataValidationError(f"{root}: tasks {unknown} not found; available tasks: {sorted(by_task)}")
+        return {task: by_task[task] for task in self.tasks}
+
+
+def _flan_task(file: Path) -> str:
+    return file.stem.removesuffix("_train")
+
+
+def _flan_example(task: str, row: int, raw_line: bytes) -> Example:
+    line = _decode(raw_line.rstrip(b"\r\n"), "line")
+    parts = line.split("\t")
+    if len(parts) != 3:
+        raise _InvalidRow(f"expected 3 tab-separated fields (question, answer, rationale), found {len(parts)}")
+    # FLAN stores newlines inside a field as the two characters backslash and n.
+    question, answer, rationale = (
+        _required_text(part.replace("\\n", "\n").strip(), name)
+        for part, name in zip(parts, ("question", "answer", "rationale"))
+    )
+    return {
+        "id": f"{task}-{row}",
+        "task": task,
+        "system": "",
+        "prompt": question,
+        "response": f"{rationale} So the answer is {answer}.",
+    }
+
+
+def _file_format(path: Path, fmt: str | None) -> str:
+    if fmt is None:
+        inferred = _EXTENSION_FORMATS.get(path.suffix.lower())
+        if inferred is None:
+            raise DataValidationError(
+                f"{path}: cannot infer the format from extension {path.suffix!r}; "
+                f"set `format` to one of {list(_FORMATS)}"
+            )
+        return inferred
+    if fmt not in _FORMATS:
+        raise DataValidationError(f"{path}: unknown `format` {fmt!r}; valid formats are {list(_FORMATS)}")
+    return fmt
+
+
+def _load_file(path: Path, fmt: str) -> datasets.Dataset:
+    if fmt != "parquet":
+        _check_utf8(path)
+    if fmt in ("csv", "tsv"):
+        delimiter = "\t" if fmt == "tsv" else ","
+        builder = "csv"
+        # Read every column as text: type inference would turn "007" into 7 and "NA" into None.
+        kwargs: dict[str, Any] = {
+            "delimiter": delimiter,
+            "keep_default_na": False,
+            "features": datasets.Features({name: datasets.Value("string") for name in _csv_header(path, delimiter)}),
+        }
+    else:
+        builder = "json" if fmt in ("json", "jsonl") else fmt
+        kwargs = {}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except DatasetGenerationError as err:
+        raise DataValidationError(f"{path}: cannot be read as {fmt}: {_root_cause(err)}") from err
+
+
+def _csv_header(path: Path, delimiter: str) -> list[str]:
+    with path.open(newline="", encoding="utf-8") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), None)
+    if not header:
+        raise DataValidationError(f"{path}: empty file, expected a header line")
+    return header
+
+
+def _root_cause(err: BaseException) -> BaseException:
+    while err.__cause__ is not None or err.__context__ is not None:
+        err = err.__cause__ or err.__context__
+    return err
+
+
+def _check_utf8(path: Path) -> None:
+    """Reject a text file that is not UTF-8 up front: parsers fail on it without naming the line."""
+    data = path.read_bytes()
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataValidationError(f"{path}: line {line} is not valid UTF-8") from None
+
+
+def _resolve_fields(fields: dict[str, str] | None, columns: list[str], source: str) -> dict[str, str]:
+    """Map pool field names to source columns: explicit entries plus identity for existing columns."""
+    explicit = dict(fields or {})
+    for key, column in explicit.items():
+        if key not in FIELD_NAMES:
+            raise DataValidationError(f"{source}: fields.{key} is not a pool field; valid keys are {list(FIELD_NAMES)}")
+        if column not in columns:
+            raise DataValidationError(
+                f"{source}: fields.{key} -> {column!r} names a missing column; available columns: {columns}"
+            )
+    if "messages" in explicit and {"prompt", "response"} & explicit.keys():
+        raise DataValidationError(f"{source}: fields maps both messages and prompt/response; map only one of them")
+    # Explicitly choosing `messages` must win over same-named prompt/response columns.
+    skip = _CONVERSATION_FIELDS if "messages" in explicit else ()
+    defaults = {name: name for name in FIELD_NAMES if name in columns and name not in explicit and name not in skip}
+    mapping = {**defaults, **explicit}
+    if "prompt" in mapping and "response" in mapping:
+        mapping.pop("messages", None)
+    elif "messages" in mapping:
+        for name in _CONVERSATION_FIELDS:
+            mapping.pop(name, None)
+    else:
+        raise DataValidationError(
+            f"{source}: set fields.prompt and fields.response, or fields.messages; available columns: {columns}"
+        )
+    return mapping
+
+
+def _pool_from_table(
+    table: datasets.Dataset,
+    source: str,
+    fields: dict[str, str] | None,
+    default_task: str,
+    drop_invalid: bool,
+    line_offset: int | None,
+) -> datasets.Dataset:
+    mapping = _resolve_fields(fields, table.column_names, source)
+    used = list(dict.fromkeys(mapping.values()))
+    columns = {name: _column_values(table, name) for name in used}
+    records = enumerate(dict(zip(used, values)) for values in zip(*(columns[name] for name in used)))
+    examples = _assemble(
+        source,
+        records,
+        lambda row, record: _table_example(row, record, mapping, default_task),
+        drop_invalid,
+        line_offset,
+    )
+    return _to_dataset(examples)
+
+
+def _column_values(table: datasets.Dataset, name: str) -> list[Any]:
+    try:
+        return table.select_columns([name]).to_dict()[name]
+    except UnicodeDecodeError:
+        # Arrow does not validate UTF-8 when reading parquet; raw bytes let the row checks name each bad row.
+        return table.data.column(name).cast(pa.large_binary()).to_pylist()
+
+
+def _table_example(row: int, record: dict[str, Any], mapping: dict[str, str], default_task: str) -> Example:
+    task = _required_text(record[mapping["task"]], "task") if "task" in mapping else default_task
+    example_id = _example_id(record[mapping["id"]]) if "id" in mapping else f"{task}-{row}"
+    try:
+        if "messages" in mapping:
+            system, prompt, response = _split_messages(record[mapping["messages"]])
+        else:
+            system = _optional_text(record[mapping["system"]], "system") if "system" in mapping else ""
+            prompt = _required_text(record[mapping["prompt"]], "prompt")
+            response = _required_text(record[mapping["response"]], "response")
+    except _InvalidRow as err:
+        raise _InvalidRow(err.reason, example_id) from None
+    return {"id": example_id, "task": task, "system": system, "prompt": prompt, "response": response}
+
+
+def _example_id(value: Any) -> str:
+    text = _decode(value, "id") if isinstance(value, bytes) else str(value if value is not None else "")
+    if not text.strip():
+        raise _InvalidRow("id is missing or empty")
+    return text
+
+
+def _split_messages(messages: Any) -> tuple[str, str, str]:
+    """Split a single-turn chat into (system, prompt, response)."""
+    if not isinstance(messages, list) or not messages:
+        raise _InvalidRow("messages is not a non-empty list")
+    roles, contents = [], []
+    for index, message in enumerate(messages):
+        if not isinstance(message, dict) or "role" not in message or "content" not in message:
+            raise _InvalidRow(f"messages[{index}] is not a {{role, content}} mapping")
+        roles.append(message["role"])
+        contents.append(message["content"])
+    n_system = next((index for index, role in enumerate(roles) if role != "system"), len(roles))
+    if roles[n_system:] != ["user", "assistant"]:
+        raise _InvalidRow(
+            f"messages roles {roles}: expected optional system turns, one user turn, then a final assistant turn"
+        )
+    system = "\n".join(_optional_text(content, "system message") for content in contents[:n_system])
+    return system, _required_text(contents[-2], "user message"), _required_text(contents[-1], "assistant message")
+
+
+def _decode(value: bytes, what: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _InvalidRow(f"{what} is not valid UTF-8") from None
+
+
+def _optional_text(value: Any, what: str) -> str:
+    """Validate a text value that may be absent (None becomes "")."""
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        value = _decode(value, what)
+    if not isinstance(value, str):
+        raise _InvalidRow(f"{what} is not a string but {type(value).__name__}")
+    if "\ufffd" in value:
+        raise _InvalidRow(f"{what} contains U+FFFD, the mark of undecodable text")
+    return value
+
+
+def _required_text(value: Any, what: str) -> str:
+    if value is None:
+        raise _InvalidRow(f"{what} is missing")
+    text = _optional_text(value, what)
+    if not text.strip():
+        raise _InvalidRow(f"{what} is empty")
+    return text
+
+
+def _assemble(
+    source: str,
+    records: Iterable[tuple[int, Any]],
+    convert: Callable[[int, Any], Example],
+    drop_invalid: bool,
+    line_offset: int | None,
+) -> list[Example]:
+    """Convert records, dropping or raising on invalid ones, and check that ids are unique."""
+    examples: list[Example] = []
+    first_row_of_id: dict[str, int] = {}
+    dropped: dict[str, list[int]] = defaultdict(list)
+    total = 0
+    for row, record in records:
+        total += 1
+        try:
+            example = convert(row, record)
+        except _InvalidRow as err:
+            if not drop_invalid:
+                where = _location(row, line_offset, err.example_id)
+                raise DataValidationError(f"{source}: {where}: {err.reason}") from None
+            dropped[err.reason].append(row)
+            continue
+        first_row = first_row_of_id.setdefault(example["id"], row)
+        if first_row != row:
+            raise DataValidationError(f"{source}: duplicate id {example['id']!r} in rows {first_row} and {row}")
+        examples.append(example)
+    if dropped:
+        _warn_dropped(source, dropped, total)
+    return examples
+
+
+def _location(row: int, line_offset: int | None, example_id: str | None) -> str:
+    details = [f"line {row + line_offset}"] if line_offset is not None else []
+    details += [f"id {example_id!r}"] if example_id is not None else []
+    return f"row {row} ({', '.join(details)})" if details else f"row {row}"
+
+
+def _warn_dropped(source: str, dropped: dict[str, list[int]], total: int) -> None:
+    count = sum(len(rows) for rows in dropped.values())
+    reasons = "; ".join(f"{reason}: {len(rows)} (rows {_row_list(rows)})" for reason, rows in dropped.items())
+    logger.warning("%s: dropped %d of %d rows as invalid: %s", source, count, total, reasons)
+
+
+def _row_list(rows: list[int]) -> str:
+    listed = ", ".join(map(str, rows[:_LISTED_ROWS]))
+    return listed + (", ..." if len(rows) > _LISTED_ROWS else "")
+
+
+def _to_dataset(examples: list[Example]) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(
+        {column: [example[column] for example in examples] for column in POOL_COLUMNS}, features=POOL_FEATURES
+    )

@@ -1,0 +1,214 @@
+"""The active-learning loop: a Callback that runs the m acquisition / retraining rounds inside one fit.
+
+One ``Trainer.fit`` covers all rounds: ``max_epochs = rounds * epochs_per_round`` and the train
+dataloader is reloaded every epoch, so it serves the labeled set as it grows. Round 0 is acquired in
+``on_fit_start`` with the initial model; round r+1 at the end of round r's last epoch, after which the
+retraining policy resets what it resets. Lightning runs ``ModelCheckpoint`` after the other callbacks,
+so a checkpoint written at a round boundary already holds the new labels and the reset adapter.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_info
+
+from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.scoring.pool import score_pool
+from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes
+
+RetrainingPolicy = Literal["scratch", "continue", "incremental"]
+
+
+class ActiveLearningLoop(Callback):
+    """Acquire ``budget`` examples over ``rounds`` rounds, retraining after each acquisition.
+
+    Args:
+        budget: Total number of examples to annotate (B). Round r acquires floor(B/m), plus one for r < B mod m.
+        rounds: Number of acquisition / retraining rounds (m >= 1). Round 0 uses the initial model.
+        strategy: Acquisition strategy (``class_path`` from ``lightning_al.strategies``).
+        retraining: ``scratch``: reset the adapter, optimizer and scheduler, then train on all labels;
+            ``continue``: keep the adapter, train on all labels; ``incremental``: keep the adapter,
+            train on the newest round only. Optimizer and scheduler are new every round in all policies.
+        epochs_per_round: Training epochs over the round's training set.
+        run_dir: Folder of this run's outputs: checkpoints, ``rounds/round_<r>.jsonl``, adapters.
+        seed: Seed of random acquisition and of the training order (default: the run's ``seed_everything``).
+        overwrite: Allow a fresh (not resumed) run to write into a run_dir that already holds rounds.
+    """
+
+    def __init__(
+        self,
+        budget: int,
+        rounds: int = 1,
+        strategy: AcquisitionStrategy | None = None,
+        retraining: RetrainingPolicy = "scratch",
+        epochs_per_round: int = 1,
+        run_dir: str = "checkpoints/run",
+        seed: int | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if retraining not in ("scratch", "continue", "incremental"):
+            raise ValueError(f"loop.retraining: one of scratch, continue, incremental; got {retraining!r}")
+        if epochs_per_round < 1:
+            raise ValueError(f"loop.epochs_per_round must be >= 1, got {epochs_per_round}")
+        self.sizes = round_sizes(budget, rounds)
+        self.budget = budget
+        self.rounds = rounds
+        self.strategy = strategy if strategy is not None else RandomSampling()
+        self.retraining = retraining
+        self.epochs_per_round = epochs_per_round
+        self.run_dir = Path(run_dir)
+        self.seed = seed
+        self.overwrite = overwrite
+        #: The newest acquired round (-1: nothing acquired yet). Saved in checkpoints.
+        self.round = -1
+        #: Cost accounting, saved in checkpoints so that a resumed run reports the whole run.
+        self.cost: dict[str, float] = {"tokens_scored": 0, "scoring_passes": 0, "scoring_seconds": 0.0}
+        self._rng_state: dict[str, Any] | None = None
+
+    # ---------------------------------------------------------------- checks, before any expensive work
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        dm = trainer.datamodule
+        if not isinstance(dm, ActiveLearningDataModule):
+            raise TypeError("ActiveLearningLoop needs an ActiveLearningDataModule as the trainer's datamodule")
+        if self.budget > dm.num_candidates:
+            raise ValueError(
+                f"loop.budget ({self.budget}) is larger than the unlabeled pool ({dm.num_candidates} examples "
+                f"after holding out {int(dm.held_out.sum())}); lower loop.budget or enlarge data.pool"
+            )
+        expected = self.rounds * self.epochs_per_round
+        if trainer.max_epochs != expected:
+            raise ValueError(
+                f"trainer.max_epochs ({trainer.max_epochs}) must equal loop.rounds x loop.epochs_per_round ({expected})"
+            )
+        if trainer.reload_dataloaders_every_n_epochs != 1:
+            raise ValueError("trainer.reload_dataloaders_every_n_epochs must be 1: each round trains on a new set")
+        if self.seed is None:
+            self.seed = int(torch.initial_seed()) % 2**31
+        dm.seed = self.seed
+        dm.train_latest_round_only = self.retraining == "incremental"
+        rounds_dir = self.run_dir / "rounds"
+        if trainer.ckpt_path is None and not self.overwrite and any(rounds_dir.glob("round_*.jsonl")):
+            raise FileExistsError(
+                f"{rounds_dir} already holds rounds of an earlier run: resume it with --ckpt_path last, "
+                "or set loop.overwrite=true, or choose another run_name"
+            )
+
+    # ---------------------------------------------------------------- rounds
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self.round < 0 and trainer.ckpt_path is None:
+            self.acquire(trainer, pl_module, 0)
+
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # Restored here rather than in load_state_dict: the sanity check and the loaders run in between.
+        if self._rng_state is not None:
+            _set_rng_state(self._rng_state)
+            self._rng_state = None
+
+    def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if (trainer.current_epoch + 1) % self.epochs_per_round:
+            return
+        finished = (trainer.current_epoch + 1) // self.epochs_per_round - 1
+        self.end_round(trainer, pl_module, finished)
+        if finished + 1 < self.rounds:
+            self.acquire(trainer, pl_module, finished + 1)
+            if self.retraining == "scratch":
+                pl_module.reset_adapter()
+            trainer.strategy.setup_optimizers(trainer)
+
+    def acquire(self, trainer: Trainer, pl_module: LightningModule, round: int) -> None:
+        dm: ActiveLearningDataModule = trainer.datamodule
+        candidates = dm.unlabeled_indices()
+        scores: dict[str, np.ndarray] = {}
+        if self.strategy.score is not None:
+            start = time.perf_counter()
+            scores = score_pool(trainer, pl_module, dm, candidates, desc=f"Scoring the pool for round {round}")
+            self.cost["scoring_seconds"] += time.perf_counter() - start
+            self.cost["scoring_passes"] += 1
+            self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
+        rng = np.random.default_rng([self.seed, round])
+        chosen = self.strategy.select(candidates, scores.get(self.strategy.score), self.sizes[round], rng)
+        dm.acquire(chosen, round)
+        self.round = round
+        position = np.searchsorted(candidates, chosen)
+        chosen_scores = {k: v[position] for k, v in scores.items()}
+        if trainer.is_global_zero:
+            self._write_round(dm, round, chosen, chosen_scores)
+        self._log_round(trainer, dm, round, chosen, scores, chosen_scores)
+
+    def end_round(self, trainer: Trainer, pl_module: LightningModule, round: int) -> None:
+        if trainer.is_global_zero:
+            pl_module.save_adapter(self.run_dir / "rounds" / f"round_{round}" / "adapter")
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+        rank_zero_info(f"Round {round} trained on {len(trainer.datamodule.labeled_indices())} labels. {shown}")
+
+    # ---------------------------------------------------------------- outputs
+    def _write_round(self, dm: ActiveLearningDataModule, round: int, chosen: np.ndarray, scores: dict) -> None:
+        path = self.run_dir / "rounds" / f"round_{round}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w") as f:
+            for i, index in enumerate(chosen):
+                row = {"id": str(dm.ids[index]), "task": str(dm.tasks[index]), "round": round,
+                       "prompt_tokens": int(dm.prompt_lengths[index]),
+                       "response_tokens": int(dm.response_lengths[index])}
+                row.update({k: float(v[i]) for k, v in scores.items()})
+                f.write(json.dumps(row) + "\n")
+
+    def _log_round(self, trainer, dm, round, chosen, scores, chosen_scores) -> None:
+        labeled = len(dm.labeled_indices())
+        rank_zero_info(
+            f"Round {round}/{self.rounds - 1}: acquired {len(chosen)} with {self.strategy!r}; "
+            f"labeled {labeled}/{self.budget}; wrote {self.run_dir / 'rounds' / f'round_{round}.jsonl'}"
+        )
+        if trainer.logger is None:
+            return
+        tasks, counts = np.unique(dm.tasks[chosen], return_counts=True)
+        metrics = {"al/round": round, "al/labeled": labeled,
+                   "al/acquired_prompt_tokens_mean": float(dm.prompt_lengths[chosen].mean()),
+                   "al/acquired_response_tokens_mean": float(dm.response_lengths[chosen].mean())}
+        metrics.update({f"al/acquired_task/{t}": int(c) for t, c in zip(tasks, counts)})
+        metrics.update({f"al/acquired_{k}_mean": float(v.mean()) for k, v in chosen_scores.items()})
+        trainer.logger.log_metrics(metrics, step=trainer.global_step)
+        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
+            writer = trainer.logger.experiment
+            writer.add_histogram("al/acquired_prompt_tokens", dm.prompt_lengths[chosen], round)
+            writer.add_histogram("al/acquired_response_tokens", dm.response_lengths[chosen], round)
+            for k, v in scores.items():
+                writer.add_histogram(f"al/pool_{k}", v, round)
+                writer.add_histogram(f"al/acquired_{k}", chosen_scores[k], round)
+
+    # ---------------------------------------------------------------- checkpointed state
+    def state_dict(self) -> dict[str, Any]:
+        return {"round": self.round, "seed": self.seed, "cost": dict(self.cost), "rng": _get_rng_state()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.round = state_dict["round"]
+        self.seed = state_dict["seed"]
+        self.cost = dict(state_dict["cost"])
+        self._rng_state = state_dict["rng"]
+
+
+def _get_rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,93 @@
+"""Forward passes that produce token statistics of a left-padded batch of prompts.
+
+Only the prompt tokens are ever fed in: the reference response of an unlabeled example is its
+annotation, and reading it before acquisition would leak labels.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
+
+from lightning_al.scoring.statistics import chunked_token_statistics, token_statistics
+
+ScoreSource = Literal["generated", "prompt", "first"]
+
+
+def prompt_statistics(
+    model: PreTrainedModel, batch: dict[str, torch.Tensor], source: ScoreSource, chunk_size: int = 1024
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Teacher-forced statistics over the prompt's own content tokens (``prompt``) or only at the
+    position right after the prompt (``first``). Returns token statistics and each token's row.
+
+    The LM head runs only at scored positions, in chunks: full logits of a padded batch are never made.
+    """
+    input_ids, mask = batch["input_ids"], batch["attention_mask"]
+    hidden = model.get_decoder()(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    width = input_ids.shape[1]
+    if source == "first":
+        rows = torch.arange(input_ids.shape[0], device=input_ids.device)
+        positions = torch.full_like(rows, width - 1)
+        next_tokens = None
+    else:
+        # Left padding: token j of an example of length L sits at column width - L + j. The
+        # distribution at column c predicts the token at c + 1, so target j is scored at c = ... + j - 1.
+        offset = width - mask.sum(1)
+        column = torch.arange(width, device=input_ids.device)
+        target = column.unsqueeze(0) - offset.unsqueeze(1)
+        start = batch["content_start"].clamp(min=1).unsqueeze(1)
+        scored = (target >= start) & (target < batch["content_end"].unsqueeze(1))
+        rows, target_columns = scored.nonzero(as_tuple=True)
+        positions = target_columns - 1
+        next_tokens = input_ids[rows, target_columns]
+    stats = chunked_token_statistics(hidden[rows, positions], model.get_output_embeddings(), next_tokens, chunk_size)
+    return stats, rows
+
+
+class _StepStatistics(LogitsProcessor):
+    """Collects each generation step's statistics as generation proceeds, for rows still generating.
+
+    Only a [batch, vocab] slice exists per step; no step's logits are kept. A row's end-of-turn step
+    is included, the steps after it are not.
+    """
+
+    def __init__(self, batch_size: int, stop_ids: torch.Tensor) -> None:
+        self.stop_ids = stop_ids
+        self.done = torch.zeros(batch_size, dtype=torch.bool, device=stop_ids.device)
+        self.parts: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        active = (~self.done).nonzero(as_tuple=True)[0]
+        stats = token_statistics(scores[active])
+        self.parts.append((stats, active))
+        self.done[active] |= torch.isin(scores[active].argmax(-1), self.stop_ids)
+        return scores
+
+
+def generated_statistics(
+    model: PreTrainedModel,
+    batch: dict[str, torch.Tensor],
+    max_new_tokens: int,
+    stop_ids: list[int],
+    pad_token_id: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Statistics of the greedy continuation of each prompt (KV cache, batched, left padding),
+    up to and including its end-of-turn token or ``max_new_tokens``."""
+    input_ids = batch["input_ids"]
+    collector = _StepStatistics(input_ids.shape[0], torch.tensor(stop_ids, device=input_ids.device))
+    # A fresh GenerationConfig: the model's own may carry sampling or repetition settings that
+    # would change the distributions being scored.
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids, pad_token_id=pad_token_id
+    )
+    model.generate(
+        input_ids=input_ids,
+        attention_mask=batch["attention_mask"],
+        generation_config=config,
+        logits_processor=LogitsProcessorList([collector]),
+    )
+    stats = {k: torch.cat([s[k] for s, _ in collector.parts]) for k in ("entropy", "logprob", "margin")}
+    rows = torch.cat([r for _, r in collector.parts])
+    return stats, rows
