@@ -49,14 +49,12 @@ class ActiveLearningCLI(LightningCLI):
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": -1,
             "checkpoint.save_on_train_epoch_end": True,
-            "checkpoint.filename": "round_end-{epoch}",
+            "checkpoint.filename": "{epoch}",
             "trainer.reload_dataloaders_every_n_epochs": 1,
         })
         parser.link_arguments("run_name", "loop.run_dir", compute_fn=run_dir_of)
         parser.link_arguments("run_name", "checkpoint.dirpath", compute_fn=run_dir_of)
         parser.link_arguments(("loop.rounds", "loop.epochs_per_round"), "trainer.max_epochs", compute_fn=max_epochs_of)
-        # Per-round checkpoints: one at the end of each round ("last" is still written every epoch).
-        parser.link_arguments("loop.epochs_per_round", "checkpoint.every_n_epochs")
         parser.link_arguments(("model.pretrained", "model.tokenizer"), "data.tokenizer", compute_fn=tokenizer_of)
 
     def before_instantiate_classes(self) -> None:

@@ -97,17 +97,19 @@ class ActiveLearningLoop(Callback):
             self.seed = int(torch.initial_seed()) % 2**31
         dm.seed = self.seed
         dm.train_latest_round_only = self.retraining == "incremental"
+
+    # ---------------------------------------------------------------- rounds
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.ckpt_path is not None:
+            return  # resuming: the checkpoint holds the rounds acquired so far
         rounds_dir = self.run_dir / "rounds"
-        if trainer.ckpt_path is None and not self.overwrite and any(rounds_dir.glob("round_*.jsonl")):
+        # (Checked here, not in setup: Lightning resolves --ckpt_path only after setup.)
+        if not self.overwrite and any(rounds_dir.glob("round_*.jsonl")):
             raise FileExistsError(
                 f"{rounds_dir} already holds rounds of an earlier run: resume it with --ckpt_path last, "
                 "or set loop.overwrite=true, or choose another run_name"
             )
-
-    # ---------------------------------------------------------------- rounds
-    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self.round < 0 and trainer.ckpt_path is None:
-            self.acquire(trainer, pl_module, 0)
+        self.acquire(trainer, pl_module, 0)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Restored here rather than in load_state_dict: the sanity check and the loaders run in between.
@@ -200,7 +202,10 @@ class ActiveLearningLoop(Callback):
 
 
 def _get_rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    # Plain lists and tensors only, so checkpoints load with torch.load(weights_only=True).
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"python": random.getstate(), "numpy": [kind, keys.tolist(), pos, has_gauss, cached],
+             "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -208,7 +213,8 @@ def _get_rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

@@ -44,6 +44,9 @@ class LoRALanguageModel(LightningModule):
         lora_alpha: LoRA scaling numerator (scale = alpha / r).
         lora_dropout: Dropout on the LoRA input.
         lora_target_modules: Module names that get adapters, or ``all-linear``.
+        lora_modules_to_save: Modules trained in full and saved with the adapter (peft's
+            ``modules_to_save``), e.g. ``[lm_head, embed_tokens]`` for a randomly initialised model,
+            whose random embeddings LoRA alone cannot repair.
         gradient_checkpointing: Trade compute for activation memory in training.
         optimizer: Optimizer (``class_path``/``init_args``); a fresh one is made for every round.
         lr_scheduler: Optional LR scheduler; stepped every optimizer step and re-made every round.
@@ -67,6 +70,7 @@ class LoRALanguageModel(LightningModule):
         lora_alpha: int = 16,
         lora_dropout: float = 0.05,
         lora_target_modules: list[str] | str = "all-linear",
+        lora_modules_to_save: list[str] | None = None,
         gradient_checkpointing: bool = False,
         optimizer: OptimizerCallable = _default_optimizer,
         lr_scheduler: LRSchedulerCallable | None = None,
@@ -108,7 +112,7 @@ class LoRALanguageModel(LightningModule):
             base.enable_input_require_grads()
         lora = LoraConfig(
             r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
-            target_modules=hp.lora_target_modules, task_type="CAUSAL_LM",
+            target_modules=hp.lora_target_modules, modules_to_save=hp.lora_modules_to_save, task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora)
         self.initial_adapter = {k: v.detach().clone() for k, v in self.adapter_state().items()}

@@ -1,0 +1,85 @@
+"""The active-learning loop end to end through the CLI, on tiny random Llamas."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from peft import PeftModel
+
+from lightning_al.cli import main
+from lightning_al.model.loading import load_causal_lm, load_tokenizer
+from lightning_al.strategies import round_sizes
+from tests.conftest import TINY_LLAMA, tiny_run_args
+from tests.helpers import Crash, read_rounds
+
+
+@pytest.mark.parametrize(
+    "budget, rounds, expected",
+    [(10, 1, [10]), (10, 2, [5, 5]), (10, 3, [4, 3, 3]), (50_000, 3, [16_667, 16_667, 16_666]), (7, 7, [1] * 7)],
+)
+def test_budget_split(budget, rounds, expected):
+    assert round_sizes(budget, rounds) == expected
+
+
+def test_fit_runs_all_rounds_and_writes_outputs(workdir):
+    cli = main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 3, "loop.budget": 31})])
+    run_dir = workdir / "checkpoints" / "tiny"
+    rounds = read_rounds(run_dir)
+    assert sorted(rounds) == [0, 1, 2]
+    assert [len(rounds[r]) for r in range(3)] == [11, 10, 10]
+    ids = [row["id"] for r in range(3) for row in rounds[r]]
+    assert len(ids) == len(set(ids)) == 31, "an id was acquired twice"
+    assert all(row["round"] == r for r in range(3) for row in rounds[r])
+    # The DataModule's state agrees with the files, and nothing held out was acquired.
+    dm = cli.datamodule
+    assert sorted(dm.ids[dm.labeled_indices()].tolist()) == sorted(ids)
+    assert not dm.held_out[dm.labeled_indices()].any()
+    for r in range(3):
+        assert sorted(dm.ids[dm.labeled_indices(r)].tolist()) == sorted(row["id"] for row in rounds[r])
+    # Per-round and last checkpoints, adapters in peft format, TensorBoard events, the config.
+    assert (run_dir / "last.ckpt").exists()
+    # One checkpoint per epoch; epochs_per_round=2, so rounds end at epochs 1, 3, 5.
+    assert sorted(p.name for p in run_dir.glob("epoch=*.ckpt")) == [f"epoch={e}.ckpt" for e in range(6)]
+    assert (run_dir / "config.yaml").exists()
+    assert list((workdir / "lightning_logs" / "tiny").glob("events.out.tfevents.*"))
+    adapter = run_dir / "rounds" / "round_2" / "adapter"
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["r"] == 4
+    tokenizer = load_tokenizer("char")
+    base = load_causal_lm(None, json.loads(TINY_LLAMA), tokenizer)
+    loaded = PeftModel.from_pretrained(base, str(adapter))
+    trained = cli.model.model
+    batch = torch.tensor([[3, 10, 11, 12, 4]])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.eval()(batch).logits, trained.eval()(batch).logits)
+
+
+@pytest.mark.parametrize("policy", ["scratch", "incremental"])
+def test_training_set_per_policy(workdir, policy):
+    """scratch trains on all labels; incremental only on the newest round. The labeled set only grows."""
+    cli = main(["fit", *tiny_run_args(workdir, **{"loop.retraining": policy, "loop.rounds": 2})])
+    dm = cli.datamodule
+    loader_indices = {int(i) for batch in dm.train_dataloader() for i in batch["index"]}
+    expected = dm.labeled_indices(1) if policy == "incremental" else dm.labeled_indices()
+    assert loader_indices == set(expected.tolist())
+    assert set(dm.labeled_indices(0).tolist()) < set(dm.labeled_indices().tolist())
+
+
+def _final(cli):
+    rounds = read_rounds(Path(cli.trainer.checkpoint_callback.dirpath))
+    return {r: [row["id"] for row in rows] for r, rows in rounds.items()}, float(cli.trainer.callback_metrics["val/loss"])
+
+
+@pytest.mark.parametrize("crash_epoch", [1, 2], ids=["mid-round", "between-rounds"])
+def test_resume_matches_uninterrupted_run(workdir, crash_epoch):
+    reference = main(["fit", *tiny_run_args(workdir, run_name="reference")])
+    ref_ids, ref_loss = _final(reference)
+
+    crash = '{"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": %d}}' % crash_epoch
+    with pytest.raises(Crash):
+        main(["fit", *tiny_run_args(workdir, run_name="resumed"), f"--trainer.callbacks=[{crash}]"])
+    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed"), "--ckpt_path=last"])
+    ids, loss = _final(resumed)
+    assert ids == ref_ids
+    assert loss == pytest.approx(ref_loss, abs=1e-6)
