@@ -74,6 +74,8 @@ def main(args: list[str] | None = None) -> ActiveLearningCLI:
         seed_everything_default=42,
         save_config_callback=RunConfigSaver,
         save_config_kwargs={"overwrite": True},
+        # The module configures its own optimizer (model.optimizer), re-made every round.
+        auto_configure_optimizers=False,
         args=args,
     )
 

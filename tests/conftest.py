@@ -46,6 +46,8 @@ def tiny_run_args(cache_dir: Path, **overrides: object) -> list[str]:
         "trainer.num_sanity_val_steps": 0,
         "trainer.log_every_n_steps": 1,
     }
+    if "data.pool" in overrides:  # another source: the synthetic pool's init_args do not apply
+        options = {k: v for k, v in options.items() if not k.startswith("data.pool.")}
     options.update(overrides)
     return [f"--{k}={v}" for k, v in options.items()]
 

@@ -1,0 +1,352 @@
+"""Uncertainty scores (BRIEF §2), checked against a naive reference written independently here.
+
+The reference runs one example at a time (no padding), takes the full logits of the whole sequence
+from a float64 copy of the model, and applies the definitions literally; the module's batched,
+left-padded, chunked ``predict_step`` must agree with it to 1e-5.
+"""
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import copy
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.data.sources import LocalFile, SyntheticTasks
+from lightning_al.model.module import LoRALanguageModel
+from lightning_al.scoring import SCORE_NAMES, chunked_token_statistics, per_example_scores, token_statistics
+from lightning_al.strategies import (
+    ConfidenceSampling,
+    EntropySampling,
+    MarginSampling,
+    MinMarginSampling,
+    top_k,
+)
+
+ATOL = 1e-5
+MAX_NEW_TOKENS = 10
+# Seeded so that no greedy step of the random model is a near tie (checked in `reference_scores`),
+# and a wide init (0.5 rather than 0.02) so that the distributions are far from uniform.
+INIT_SEED = 1
+MODEL_CONFIG = dict(
+    model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+    num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5,
+)
+# A token the random model often produces greedily, made an extra end-of-turn token so that the
+# continuations of one batch stop at different steps (the char tokenizer's own <|im_end|> is rare).
+EXTRA_STOP_TOKEN = 70
+
+
+def make_model(source: str, chunk: int = 7, extra_stop: bool = True) -> LoRALanguageModel:
+    model = LoRALanguageModel(
+        config=MODEL_CONFIG, tokenizer="char", score_source=source, max_new_tokens=MAX_NEW_TOKENS,
+        logits_chunk_size=chunk, init_seed=INIT_SEED,
+    )
+    model.configure_model()
+    # LoRA B starts at zero; random adapter weights make a wrongly bypassed adapter visible.
+    generator = torch.Generator().manual_seed(INIT_SEED)
+    with torch.no_grad():
+        for param in model.adapter_state().values():
+            param.copy_(torch.randn(param.shape, generator=generator) * 0.5)
+    if extra_stop:
+        model.model.get_base_model().generation_config.eos_token_id = [model.tokenizer.eos_token_id, EXTRA_STOP_TOKEN]
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def datamodule(tmp_path_factory):
+    dm = ActiveLearningDataModule(
+        SyntheticTasks(num_examples=30, min_length=1, max_length=24, seed=3), tokenizer="char", validation_size=0,
+        eval_batch_size=10, cache_dir=str(tmp_path_factory.mktemp("cache")),
+    )
+    dm.setup("fit")
+    return dm
+
+
+@pytest.fixture(scope="module")
+def mixed_indices(datamodule):
+    """20 pool indices that span the range of prompt lengths: two batches of mixed lengths."""
+    order = np.argsort(datamodule.prompt_lengths, kind="stable")
+    return np.sort(order[np.linspace(0, len(order) - 1, 20).round().astype(int)])
+
+
+def module_scores(model: LoRALanguageModel, dm, indices) -> dict[str, np.ndarray]:
+    """predict_step over the score dataloader, as float64 arrays aligned with sorted ``indices``."""
+    parts = []
+    with torch.no_grad():
+        for batch in dm.score_dataloader(indices):
+            widths = batch["attention_mask"].sum(1)
+            assert len(torch.unique(widths)) >= 3, "the batch should hold prompts of mixed lengths"
+            assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any(), "left padding"
+            parts.append(model.predict_step(batch))
+    out = {k: torch.cat([p[k] for p in parts]).detach().double().numpy() for k in ("index", *SCORE_NAMES)}
+    order = np.argsort(out["index"])
+    assert np.array_equal(out["index"][order], np.sort(indices))
+    return {k: v[order] for k, v in out.items()}
+
+
+# ------------------------------------------------------------------------ the naive reference
+def _distribution_stats(logits: torch.Tensor, token: int) -> tuple[float, float, float]:
+    p = torch.softmax(logits.double(), dim=-1)
+    entropy = -torch.xlogy(p, p).sum()
+    top = torch.sort(p, descending=True).values
+    return float(entropy), float(torch.log(p[token])), float(top[0] - top[1])
+
+
+def reference_scores(model: LoRALanguageModel, dm, indices, source: str) -> dict[str, np.ndarray]:
+    ref = copy.deepcopy(model.model).double().eval()
+    stops = set(model.stop_token_ids)
+    out = {k: [] for k in SCORE_NAMES}
+
+    def full_logits(ids: list[int]) -> torch.Tensor:
+        x = torch.tensor([ids])
+        return ref(input_ids=x, attention_mask=torch.ones_like(x)).logits[0]
+
+    with torch.no_grad():
+        for i in np.sort(indices):
+            ex = dm.pool[int(i)]
+            ids = ex["input_ids"][: ex["prompt_length"]]  # the prompt only, never the response
+            if source == "prompt":
+                logits = full_logits(ids)
+                targets = range(max(ex["content_start"], 1), ex["content_end"])
+                stats = [_distribution_stats(logits[j - 1], ids[j]) for j in targets]
+            elif source == "first":
+                last = full_logits(ids)[-1]
+                stats = [_distribution_stats(last, int(last.argmax()))]
+            else:
+                stats, seq = [], list(ids)
+                for _ in range(MAX_NEW_TOKENS):
+                    last = full_logits(seq)[-1]
+                    top2 = torch.softmax(last, -1).topk(2).values
+                    assert top2[0] - top2[1] > 1e-4, "near tie in the greedy continuation: choose another seed"
+                    token = int(last.argmax())
+                    stats.append(_distribution_stats(last, token))
+                    seq.append(token)
+                    if token in stops:
+                        break
+            entropy, logprob, margin = (np.array(s) for s in zip(*stats))
+            out["entropy"].append(entropy.mean())
+            out["confidence"].append(logprob.mean())
+            out["margin"].append(margin.mean())
+            out["min_margin"].append(margin.min())
+            out["max_entropy"].append(entropy.max())
+            out["num_tokens"].append(len(stats))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+@pytest.mark.parametrize("source", ["prompt", "first", "generated"])
+def test_scores_match_naive_reference(source, datamodule, mixed_indices):
+    model = make_model(source)
+    ours = module_scores(model, datamodule, mixed_indices)
+    expected = reference_scores(model, datamodule, mixed_indices, source)
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=ATOL, err_msg=f"{source}: {name}")
+    # The cases the comparison must cover are really there.
+    if source == "prompt":
+        # Chunking is exercised, and template tokens are left out (fewer scored tokens than prompt tokens).
+        assert ours["num_tokens"].sum() > model.hparams.logits_chunk_size
+        assert np.all(ours["num_tokens"] < datamodule.prompt_lengths[np.sort(mixed_indices)] - 1)
+    if source == "generated":
+        counts = ours["num_tokens"]
+        assert counts.max() == MAX_NEW_TOKENS and counts.min() < MAX_NEW_TOKENS, "some stop early, some do not"
+        assert len(np.unique(counts)) >= 3
+    # Non-trivial distributions (a uniform one would hide sign and reduction errors).
+    assert np.all(ours["entropy"] < math.log(len(model.tokenizer)) - 0.3)
+    assert np.ptp(ours["entropy"]) > 0.05
+
+
+@pytest.mark.parametrize("source", ["prompt", "generated"])
+def test_scores_do_not_depend_on_batching_or_chunk_size(source, datamodule, mixed_indices):
+    a = module_scores(make_model(source, chunk=7), datamodule, mixed_indices)
+    b = module_scores(make_model(source, chunk=100_000), datamodule, mixed_indices)
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(a[name], b[name], rtol=0, atol=ATOL, err_msg=name)
+
+
+def test_adapter_changes_the_scores(datamodule, mixed_indices):
+    """The scores come from the adapted model: zeroing the perturbed LoRA weights changes them."""
+    model = make_model("prompt")
+    with_adapter = module_scores(model, datamodule, mixed_indices)
+    with torch.no_grad():
+        for param in model.adapter_state().values():
+            param.zero_()
+    without = module_scores(model, datamodule, mixed_indices)
+    assert np.abs(with_adapter["entropy"] - without["entropy"]).max() > 1e-3
+
+
+def test_generation_settings_of_the_model_do_not_change_generated_scores(datamodule, mixed_indices):
+    """Scoring is greedy on the raw distributions, whatever sampling / repetition / length settings
+    the model's own generation config carries (many hub models ship some)."""
+    model = make_model("generated")
+    plain = module_scores(model, datamodule, mixed_indices)
+    generation_config = model.model.get_base_model().generation_config
+    generation_config.repetition_penalty = 1.8
+    generation_config.no_repeat_ngram_size = 2
+    generation_config.min_new_tokens = 4
+    generation_config.suppress_tokens = [EXTRA_STOP_TOKEN + 1]
+    generation_config.do_sample, generation_config.temperature, generation_config.top_k = True, 0.3, 5
+    configured = module_scores(model, datamodule, mixed_indices)
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(configured[name], plain[name], rtol=0, atol=ATOL, err_msg=name)
+
+
+# ------------------------------------------------------------------------ no label leakage
+def _write_pool(path, rows, responses):
+    with open(path, "w") as handle:
+        for row, response in zip(rows, responses):
+            handle.write(json.dumps({"id": row["id"], "task": row["task"], "prompt": row["prompt"], "response": response}) + "\n")
+
+
+@pytest.mark.parametrize("source", ["prompt", "first", "generated"])
+def test_scores_never_read_the_reference_response(source, tmp_path):
+    rows = SyntheticTasks(num_examples=12, min_length=1, max_length=16, seed=5).load().to_list()
+    rng = np.random.default_rng(0)
+    other = ["".join(rng.choice(list("xyz0123456789 "), size=rng.integers(1, 40))) for _ in rows]
+    scores = []
+    for name, responses in (("a", [r["response"] for r in rows]), ("b", other)):
+        _write_pool(tmp_path / f"{name}.jsonl", rows, responses)
+        dm = ActiveLearningDataModule(
+            LocalFile(str(tmp_path / f"{name}.jsonl")), tokenizer="char", validation_size=0, eval_batch_size=5,
+            cache_dir=str(tmp_path / f"cache-{name}"),
+        )
+        dm.setup("fit")
+        scores.append((dm, module_scores(make_model(source), dm, np.arange(len(rows)))))
+    (dm_a, a), (dm_b, b) = scores
+    assert not np.array_equal(dm_a.response_lengths, dm_b.response_lengths)
+    for name in SCORE_NAMES:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+
+
+# ------------------------------------------------------------------------ the statistics themselves
+def test_token_statistics_known_answers():
+    vocab = 50
+    uniform = token_statistics(torch.zeros(3, vocab), torch.tensor([0, 7, 49]))
+    torch.testing.assert_close(uniform["entropy"], torch.full((3,), math.log(vocab)))
+    torch.testing.assert_close(uniform["logprob"], torch.full((3,), -math.log(vocab)))
+    torch.testing.assert_close(uniform["margin"], torch.zeros(3))
+
+    peaked = torch.zeros(2, vocab)
+    peaked[0, 3] = peaked[1, 9] = 60.0
+    greedy = token_statistics(peaked)  # next token None: the greedy one
+    assert torch.all(greedy["entropy"] < 1e-20) and torch.all(greedy["entropy"] >= 0)
+    torch.testing.assert_close(greedy["logprob"], torch.zeros(2))
+    torch.testing.assert_close(greedy["margin"], torch.ones(2))
+    forced = token_statistics(peaked, torch.tensor([0, 9]))
+    torch.testing.assert_close(forced["logprob"], torch.tensor([-60.0, 0.0]))
+
+    # p = (1/2, 1/4, 1/4): H = 1.5 log 2, margin 1/4 (the two largest probabilities, not logits).
+    halves = torch.log(torch.tensor([[0.25, 0.5, 0.25]], dtype=torch.float64)) + 3.0
+    stats = token_statistics(halves, torch.tensor([2]))
+    torch.testing.assert_close(stats["entropy"], torch.tensor([1.5 * math.log(2)], dtype=torch.float64))
+    torch.testing.assert_close(stats["logprob"], torch.tensor([math.log(0.25)], dtype=torch.float64))
+    torch.testing.assert_close(stats["margin"], torch.tensor([0.25], dtype=torch.float64))
+    torch.testing.assert_close(token_statistics(halves)["logprob"], torch.tensor([math.log(0.5)], dtype=torch.float64))
+
+
+def test_token_statistics_with_masked_out_tokens():
+    """-inf logits (a token that can never follow) contribute 0 to the entropy, not NaN."""
+    logits = torch.full((1, 6), float("-inf"))
+    logits[0, :2] = 0.0
+    stats = token_statistics(logits)
+    torch.testing.assert_close(stats["entropy"], torch.tensor([math.log(2)]))
+    torch.testing.assert_close(stats["margin"], torch.tensor([0.0]))
+
+
+def test_token_statistics_bf16_computes_in_float32():
+    generator = torch.Generator().manual_seed(0)
+    logits32 = torch.randn(64, 1000, generator=generator) * 4
+    logits16 = logits32.to(torch.bfloat16)
+    next_tokens = torch.randint(0, 1000, (64,), generator=generator)
+    stats = token_statistics(logits16, next_tokens)
+    exact = token_statistics(logits16.double(), next_tokens)  # float64 on the very bf16 values
+    for name, value in stats.items():
+        assert value.dtype == torch.float32, name
+        # float32 arithmetic: 1e-5 from the exact statistics of the bf16 logits (bf16 arithmetic is ~1e-2 off).
+        torch.testing.assert_close(value, exact[name].float(), rtol=0, atol=1e-5)
+    # and close to the statistics of the float32 logits they were rounded from
+    reference = token_statistics(logits32, next_tokens)
+    for name in stats:
+        torch.testing.assert_close(stats[name], reference[name], rtol=0, atol=5e-2)
+
+
+def test_chunked_statistics_equal_unchunked():
+    generator = torch.Generator().manual_seed(0)
+    head = torch.nn.Linear(16, 40, bias=False)
+    torch.nn.init.normal_(head.weight, std=1.0, generator=generator)
+    hidden = torch.randn(23, 16, generator=generator)
+    tokens = torch.randint(0, 40, (23,), generator=generator)
+    with torch.no_grad():
+        for next_tokens in (tokens, None):
+            full = token_statistics(head(hidden), next_tokens)
+            for chunk in (1, 5, 23, 1000):
+                chunked = chunked_token_statistics(hidden, head, next_tokens, chunk)
+                for name in full:
+                    torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-6)
+
+
+def test_per_example_scores_reduction():
+    stats = {
+        "entropy": torch.tensor([1.0, 3.0, 2.0, 0.5, 0.1, 0.6], dtype=torch.float64),
+        "logprob": torch.tensor([-1.0, -2.0, -3.0, -0.5, -0.1, -0.3], dtype=torch.float64),
+        "margin": torch.tensor([0.2, 0.4, 0.9, 0.1, 0.8, 0.3], dtype=torch.float64),
+    }
+    example = torch.tensor([0, 0, 1, 2, 2, 2])  # example 3 has no scored token
+    scores = per_example_scores(stats, example, 4)
+    nan = float("nan")
+    expected = {
+        "entropy": [2.0, 2.0, 0.4, nan],
+        "confidence": [-1.5, -3.0, -0.3, nan],
+        "margin": [0.3, 0.9, 0.4, nan],
+        "min_margin": [0.2, 0.9, 0.1, nan],
+        "max_entropy": [3.0, 2.0, 0.6, nan],
+        "num_tokens": [2, 1, 3, 0],
+    }
+    assert set(scores) == set(SCORE_NAMES)
+    for name, values in expected.items():
+        torch.testing.assert_close(scores[name], torch.tensor(values, dtype=torch.float64), equal_nan=True, msg=name)
+
+
+# ------------------------------------------------------------------------ strategies rank the right way
+def _logits_with_margin(top2: tuple[float, float], vocab: int = 20) -> torch.Tensor:
+    """Logits of a distribution whose two most likely tokens have probabilities ``top2``."""
+    rest = (1.0 - sum(top2)) / (vocab - 2)
+    return torch.log(torch.tensor([*top2] + [rest] * (vocab - 2), dtype=torch.float64))
+
+
+def test_strategies_pick_the_uncertain_examples():
+    """Example 0: confident tokens. Example 1: uniformly uncertain (lowest mean margin, most entropy).
+    Example 2: confident but for one near-tie token (lowest minimum margin). Example 3: confident."""
+    confident, unsure, tie = (0.95, 0.01), (0.4, 0.2), (0.45, 0.44)
+    tokens = {0: [confident] * 3, 1: [unsure] * 3, 2: [confident, confident, confident, tie], 3: [confident] * 2}
+    rows = [(i, _logits_with_margin(t)) for i, ts in tokens.items() for t in ts]
+    example = torch.tensor([i for i, _ in rows])
+    stats = token_statistics(torch.stack([logits for _, logits in rows]))
+    scores = {k: v.numpy() for k, v in per_example_scores(stats, example, 4).items()}
+    candidates = np.array([10, 20, 30, 40])
+    rng = np.random.default_rng(0)
+    assert EntropySampling().select(candidates, scores["entropy"], 1, rng).tolist() == [20]
+    assert ConfidenceSampling().select(candidates, scores["confidence"], 1, rng).tolist() == [20]
+    assert MarginSampling().select(candidates, scores["margin"], 1, rng).tolist() == [20]
+    assert MinMarginSampling().select(candidates, scores["min_margin"], 1, rng).tolist() == [30]
+    # the two most certain are never picked before the uncertain ones
+    assert EntropySampling().select(candidates, scores["entropy"], 2, rng).tolist() == [20, 30]
+    assert MarginSampling().select(candidates, scores["margin"], 2, rng).tolist() == [20, 30]
+
+
+def test_ties_are_broken_by_pool_order():
+    scores = np.array([1.0, 2.0, 2.0, 0.0, 2.0, 0.0])
+    assert top_k(scores, 2, highest=True).tolist() == [1, 2]
+    assert top_k(scores, 4, highest=True).tolist() == [1, 2, 4, 0]
+    assert top_k(scores, 1, highest=False).tolist() == [3]
+    candidates = np.array([5, 8, 13, 21, 34, 55])
+    rng = np.random.default_rng(0)
+    assert EntropySampling().select(candidates, scores, 2, rng).tolist() == [8, 13]
+    assert ConfidenceSampling().select(candidates, scores, 2, rng).tolist() == [21, 55]
+    assert MarginSampling().select(candidates, np.zeros(6), 3, rng).tolist() == [5, 8, 13]
