@@ -12,10 +12,15 @@ from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import CHAR_TOKENIZER
 from lightning_al.model.module import LoRALanguageModel
+from lightning_al.scoring.writer import ScoreWriter
 
 
 def run_dir_of(run_name: str) -> str:
     return str(Path("checkpoints") / run_name)
+
+
+def scores_path_of(run_name: str) -> str:
+    return str(Path(run_dir_of(run_name)) / "scores.jsonl")
 
 
 def tokenizer_of(pretrained: str | None, tokenizer: str | None) -> str:
@@ -45,6 +50,7 @@ class ActiveLearningCLI(LightningCLI):
         )
         parser.add_lightning_class_args(ActiveLearningLoop, "loop")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(ScoreWriter, "scores")
         parser.set_defaults({
             "checkpoint.save_last": True,
             "checkpoint.save_top_k": -1,
@@ -54,6 +60,7 @@ class ActiveLearningCLI(LightningCLI):
         })
         parser.link_arguments("run_name", "loop.run_dir", compute_fn=run_dir_of)
         parser.link_arguments("run_name", "checkpoint.dirpath", compute_fn=run_dir_of)
+        parser.link_arguments("run_name", "scores.output_path", compute_fn=scores_path_of)
         parser.link_arguments(("loop.rounds", "loop.epochs_per_round"), "trainer.max_epochs", compute_fn=max_epochs_of)
         parser.link_arguments(("model.pretrained", "model.tokenizer"), "data.tokenizer", compute_fn=tokenizer_of)
 

@@ -16,21 +16,34 @@ import torch
 SCORE_NAMES = ("entropy", "confidence", "margin", "min_margin", "max_entropy", "num_tokens")
 
 
-def token_statistics(logits: torch.Tensor, next_tokens: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+def token_statistics(
+    logits: torch.Tensor, next_tokens: torch.Tensor | None = None, overwrite: bool = False
+) -> dict[str, torch.Tensor]:
     """Statistics of each row of ``logits`` [N, V]; ``next_tokens`` [N] (None: the greedy token).
 
-    Computed in float32 at least (bf16 log-softmax loses the small probabilities that make up the entropy).
+    Computed in float32 at least (bf16 log-softmax loses the small probabilities that make up the
+    entropy). A token with logit -inf (one that cannot follow) adds 0 to the entropy (0 log 0 = 0).
+    ``overwrite``: ``logits`` may be overwritten, which saves one [N, V] buffer (the peak of a chunk
+    is then the logits plus the probabilities, twice N x V floats).
     """
-    logits = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
-    logp = torch.log_softmax(logits, dim=-1)
+    if logits.dtype in (torch.float16, torch.bfloat16):
+        logits, overwrite = logits.float(), True
+    # log_softmax by hand, so that its buffers can be reused: logp = (x - max) - log sum exp(x - max).
+    top = logits.max(-1, keepdim=True).values
+    logp = logits.sub_(top) if overwrite else logits - top
     p = logp.exp()
-    entropy = -(p * logp).sum(-1)
-    top2 = p.topk(2, dim=-1).values
+    normaliser = p.sum(-1, keepdim=True)
+    p.div_(normaliser)
+    logp.sub_(normaliser.log())
     if next_tokens is None:
         logprob = logp.max(-1).values
     else:
         logprob = logp.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
-    return {"entropy": entropy, "logprob": logprob, "margin": top2[:, 0] - top2[:, 1]}
+    top2 = p.topk(2, dim=-1).values
+    logp.clamp_(min=torch.finfo(logp.dtype).min)  # -inf -> finite, so that 0 * log 0 is 0, not NaN
+    # One dot product per row: no [N, V] product buffer.
+    entropy = -(p.unsqueeze(-2) @ logp.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    return {"entropy": entropy, "logprob": logprob, "margin": top2[..., 0] - top2[..., 1]}
 
 
 def chunked_token_statistics(
@@ -42,7 +55,7 @@ def chunked_token_statistics(
     for start in range(0, hidden.shape[0], chunk_size):
         stop = start + chunk_size
         chunk_tokens = None if next_tokens is None else next_tokens[start:stop]
-        parts.append(token_statistics(lm_head(hidden[start:stop]), chunk_tokens))
+        parts.append(token_statistics(lm_head(hidden[start:stop]), chunk_tokens, overwrite=True))
     return {k: torch.cat([p[k] for p in parts]) for k in ("entropy", "logprob", "margin")}
 
 
