@@ -39,14 +39,16 @@ MODEL_CONFIG = dict(
     model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
     num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.5,
 )
+# Absolute position embeddings: left padding must not shift a prompt's positions.
+GPT2_CONFIG = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.1)
 # A token the random model often produces greedily, made an extra end-of-turn token so that the
 # continuations of one batch stop at different steps (the char tokenizer's own <|im_end|> is rare).
 EXTRA_STOP_TOKEN = 70
 
 
-def make_model(source: str, chunk: int = 7, extra_stop: bool = True) -> LoRALanguageModel:
+def make_model(source: str, chunk: int = 7, extra_stop: bool = True, config: dict = MODEL_CONFIG) -> LoRALanguageModel:
     model = LoRALanguageModel(
-        config=MODEL_CONFIG, tokenizer="char", score_source=source, max_new_tokens=MAX_NEW_TOKENS,
+        config=config, tokenizer="char", score_source=source, max_new_tokens=MAX_NEW_TOKENS,
         logits_chunk_size=chunk, init_seed=INIT_SEED,
     )
     model.configure_model()
@@ -77,14 +79,15 @@ def mixed_indices(datamodule):
     return np.sort(order[np.linspace(0, len(order) - 1, 20).round().astype(int)])
 
 
-def module_scores(model: LoRALanguageModel, dm, indices) -> dict[str, np.ndarray]:
+def module_scores(model: LoRALanguageModel, dm, indices, mixed: bool = True) -> dict[str, np.ndarray]:
     """predict_step over the score dataloader, as float64 arrays aligned with sorted ``indices``."""
     parts = []
     with torch.no_grad():
         for batch in dm.score_dataloader(indices):
             widths = batch["attention_mask"].sum(1)
-            assert len(torch.unique(widths)) >= 3, "the batch should hold prompts of mixed lengths"
-            assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any(), "left padding"
+            if mixed:
+                assert len(torch.unique(widths)) >= 3, "the batch should hold prompts of mixed lengths"
+                assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any(), "left padding"
             parts.append(model.predict_step(batch))
     out = {k: torch.cat([p[k] for p in parts]).detach().double().numpy() for k in ("index", *SCORE_NAMES)}
     order = np.argsort(out["index"])
@@ -162,6 +165,15 @@ def test_scores_match_naive_reference(source, datamodule, mixed_indices):
     assert np.ptp(ours["entropy"]) > 0.05
 
 
+@pytest.mark.parametrize("source", ["prompt", "first"])
+def test_scores_match_naive_reference_absolute_positions(source, datamodule, mixed_indices):
+    model = make_model(source, extra_stop=False, config=GPT2_CONFIG)
+    ours = module_scores(model, datamodule, mixed_indices)
+    expected = reference_scores(model, datamodule, mixed_indices, source)
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=ATOL, err_msg=f"{source}: {name}")
+
+
 @pytest.mark.parametrize("source", ["prompt", "generated"])
 def test_scores_do_not_depend_on_batching_or_chunk_size(source, datamodule, mixed_indices):
     a = module_scores(make_model(source, chunk=7), datamodule, mixed_indices)
@@ -217,7 +229,7 @@ def test_scores_never_read_the_reference_response(source, tmp_path):
             cache_dir=str(tmp_path / f"cache-{name}"),
         )
         dm.setup("fit")
-        scores.append((dm, module_scores(make_model(source), dm, np.arange(len(rows)))))
+        scores.append((dm, module_scores(make_model(source), dm, np.arange(len(rows)), mixed=False)))
     (dm_a, a), (dm_b, b) = scores
     assert not np.array_equal(dm_a.response_lengths, dm_b.response_lengths)
     for name in SCORE_NAMES:
@@ -278,9 +290,9 @@ def test_token_statistics_bf16_computes_in_float32():
 
 def test_chunked_statistics_equal_unchunked():
     generator = torch.Generator().manual_seed(0)
-    head = torch.nn.Linear(16, 40, bias=False)
+    head = torch.nn.Linear(16, 40, bias=False, dtype=torch.float64)
     torch.nn.init.normal_(head.weight, std=1.0, generator=generator)
-    hidden = torch.randn(23, 16, generator=generator)
+    hidden = torch.randn(23, 16, generator=generator, dtype=torch.float64)
     tokens = torch.randint(0, 40, (23,), generator=generator)
     with torch.no_grad():
         for next_tokens in (tokens, None):
@@ -288,7 +300,7 @@ def test_chunked_statistics_equal_unchunked():
             for chunk in (1, 5, 23, 1000):
                 chunked = chunked_token_statistics(hidden, head, next_tokens, chunk)
                 for name in full:
-                    torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-6)
+                    torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-12)
 
 
 def test_per_example_scores_reduction():
