@@ -155,6 +155,14 @@ class ActiveLearningLoop(Callback):
         shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         rank_zero_info(f"Round {round} trained on {len(trainer.datamodule.labeled_indices())} labels. {shown}")
 
+    def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        labeled = len(trainer.datamodule.labeled_indices())
+        where = f"; TensorBoard: tensorboard --logdir {trainer.logger.log_dir}" if trainer.logger else ""
+        rank_zero_info(
+            f"Done: {self.round + 1}/{self.rounds} rounds, labeled {labeled}/{self.budget}. "
+            f"Rounds and adapters: {self.run_dir / 'rounds'}; checkpoints: {self.run_dir}{where}"
+        )
+
     # ---------------------------------------------------------------- outputs
     def _write_round(self, dm: ActiveLearningDataModule, round: int, chosen: np.ndarray, scores: dict) -> None:
         path = self.run_dir / "rounds" / f"round_{round}.jsonl"

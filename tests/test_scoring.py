@@ -46,6 +46,15 @@ GPT2_CONFIG = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_position
 EXTRA_STOP_TOKEN = 70
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and lose a lot when the cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(source: str, chunk: int = 7, extra_stop: bool = True, config: dict = MODEL_CONFIG) -> LoRALanguageModel:
     model = LoRALanguageModel(
         config=config, tokenizer="char", score_source=source, max_new_tokens=MAX_NEW_TOKENS,
@@ -79,11 +88,15 @@ def mixed_indices(datamodule):
     return np.sort(order[np.linspace(0, len(order) - 1, 20).round().astype(int)])
 
 
-def module_scores(model: LoRALanguageModel, dm, indices, mixed: bool = True) -> dict[str, np.ndarray]:
-    """predict_step over the score dataloader, as float64 arrays aligned with sorted ``indices``."""
+def module_scores(model: LoRALanguageModel, dm, indices, mixed: bool = True, whole_prompt: bool = False) -> dict[str, np.ndarray]:
+    """predict_step over the score dataloader, as float64 arrays aligned with sorted ``indices``.
+    ``whole_prompt``: set each prompt's content span to all of it, as when there is no chat template."""
     parts = []
     with torch.no_grad():
         for batch in dm.score_dataloader(indices):
+            if whole_prompt:
+                batch["content_start"] = torch.zeros_like(batch["content_start"])
+                batch["content_end"] = batch["attention_mask"].sum(1)
             widths = batch["attention_mask"].sum(1)
             if mixed:
                 assert len(torch.unique(widths)) >= 3, "the batch should hold prompts of mixed lengths"
@@ -103,7 +116,7 @@ def _distribution_stats(logits: torch.Tensor, token: int) -> tuple[float, float,
     return float(entropy), float(torch.log(p[token])), float(top[0] - top[1])
 
 
-def reference_scores(model: LoRALanguageModel, dm, indices, source: str) -> dict[str, np.ndarray]:
+def reference_scores(model: LoRALanguageModel, dm, indices, source: str, whole_prompt: bool = False) -> dict[str, np.ndarray]:
     ref = copy.deepcopy(model.model).double().eval()
     stops = set(model.stop_token_ids)
     out = {k: [] for k in SCORE_NAMES}
@@ -118,7 +131,8 @@ def reference_scores(model: LoRALanguageModel, dm, indices, source: str) -> dict
             ids = ex["input_ids"][: ex["prompt_length"]]  # the prompt only, never the response
             if source == "prompt":
                 logits = full_logits(ids)
-                targets = range(max(ex["content_start"], 1), ex["content_end"])
+                start, end = (0, len(ids)) if whole_prompt else (ex["content_start"], ex["content_end"])
+                targets = range(max(start, 1), end)  # the first token has no distribution before it
                 stats = [_distribution_stats(logits[j - 1], ids[j]) for j in targets]
             elif source == "first":
                 last = full_logits(ids)[-1]
@@ -163,6 +177,16 @@ def test_scores_match_naive_reference(source, datamodule, mixed_indices):
     # Non-trivial distributions (a uniform one would hide sign and reduction errors).
     assert np.all(ours["entropy"] < math.log(len(model.tokenizer)) - 0.3)
     assert np.ptp(ours["entropy"]) > 0.05
+
+
+def test_prompt_source_from_the_first_token(datamodule, mixed_indices):
+    """A content span that starts at token 0 (no chat template): scoring starts at token 1."""
+    model = make_model("prompt")
+    ours = module_scores(model, datamodule, mixed_indices, whole_prompt=True)
+    expected = reference_scores(model, datamodule, mixed_indices, "prompt", whole_prompt=True)
+    np.testing.assert_array_equal(ours["num_tokens"], datamodule.prompt_lengths[np.sort(mixed_indices)] - 1)
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=ATOL, err_msg=name)
 
 
 @pytest.mark.parametrize("source", ["prompt", "first"])

@@ -1,0 +1,62 @@
+"""The DataModule: tokenization cache, held-out split, state round trip, batching."""
+
+import numpy as np
+import pytest
+
+import lightning_al.data.formatting as formatting
+from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.data.sources import FlanCoT, SyntheticTasks
+from tests.conftest import SHARED
+
+
+def make(tmp_path, **kwargs):
+    kwargs.setdefault("pool", SyntheticTasks(num_examples=60, max_length=6))
+    kwargs.setdefault("max_length", 64)
+    dm = ActiveLearningDataModule(tokenizer="char", validation_size=10, cache_dir=str(tmp_path), **kwargs)
+    dm.setup("fit")
+    return dm
+
+
+def test_tokenization_is_cached(tmp_path, monkeypatch):
+    make(tmp_path)
+    assert list((tmp_path / "lightning_al").glob("tokenized-*.arrow"))
+    calls = []
+    original = formatting.tokenize_example
+    monkeypatch.setattr("lightning_al.data.datamodule.tokenize_example",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    make(tmp_path)
+    assert calls == [], "a second setup tokenized the pool again"
+    make(tmp_path, max_length=48)  # another setting: a new cache entry
+    assert calls
+
+
+def test_split_is_fixed_by_split_seed_and_state_round_trips(tmp_path):
+    a, b = make(tmp_path), make(tmp_path)
+    assert (a.held_out == b.held_out).all() and a.held_out.sum() == 10
+    a.acquire(a.unlabeled_indices()[:5], 0)
+    b.load_state_dict(a.state_dict())
+    assert (b.labeled_indices() == a.labeled_indices()).all()
+    with pytest.raises(RuntimeError, match="labeled or held-out"):
+        b.acquire(b.labeled_indices()[:1], 1)
+    c = make(tmp_path, split_seed=1)
+    with pytest.raises(ValueError, match="different pool"):
+        c.load_state_dict(a.state_dict())
+
+
+def test_length_grouped_batches_have_little_padding(tmp_path):
+    dm = make(tmp_path, pool=SyntheticTasks(num_examples=400, min_length=1, max_length=30), batch_size=8)
+    dm.acquire(dm.unlabeled_indices(), 0)
+    real = padded = 0
+    for batch in dm.train_dataloader():
+        real += int(batch["attention_mask"].sum())
+        padded += batch["attention_mask"].numel()
+    assert real / padded > 0.9
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "flan_v2_cot").exists(), reason="needs ../shared/data")
+def test_flan_cot_pool_truncation_is_counted(tmp_path):
+    dm = make(tmp_path, pool=FlanCoT(path=str(SHARED / "data" / "flan_v2_cot" / "qasc_train.tsv")), max_length=128)
+    truncated = np.asarray(dm.pool["truncated"])
+    lengths = dm.prompt_lengths + dm.response_lengths
+    assert truncated.any() and (lengths <= 128).all()
+    assert (dm.prompt_lengths <= dm.max_prompt_length).all()
