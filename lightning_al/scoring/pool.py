@@ -12,12 +12,15 @@ from lightning_al.scoring.statistics import SCORE_NAMES
 
 @torch.inference_mode()
 def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices: np.ndarray, desc: str = "Scoring") -> dict[str, np.ndarray]:
-    """Scores of ``indices`` (aligned with them) through ``pl_module.predict_step``.
+    """Scores of ``indices`` (sorted pool indices; the result is aligned with them) through
+    ``pl_module.predict_step``.
 
     Each rank scores a strided shard (similar lengths on every rank, since the order is length
     sorted); shards are padded to equal size for ``all_gather`` and the duplicates dropped after.
     The module runs unwrapped (no DDP forward) in eval mode under the precision plugin's context.
     """
+    if np.any(np.diff(indices) <= 0):
+        raise ValueError("score_pool: indices must be sorted and unique")
     world, rank = trainer.world_size, trainer.global_rank
     ordered = indices[np.argsort(-datamodule.prompt_lengths[indices], kind="stable")]
     shard = ordered[rank::world]
