@@ -386,3 +386,8 @@ def test_ties_are_broken_by_pool_order():
     assert EntropySampling().select(candidates, scores, 2, rng).tolist() == [8, 13]
     assert ConfidenceSampling().select(candidates, scores, 2, rng).tolist() == [21, 55]
     assert MarginSampling().select(candidates, np.zeros(6), 3, rng).tolist() == [5, 8, 13]
+    # Many ties in a long pool (short arrays hide unstable sorts: they are insertion-sorted).
+    many = np.random.default_rng(1).integers(0, 4, size=500).astype(float)
+    for highest in (True, False):
+        expected = sorted(range(len(many)), key=lambda i: -many[i] if highest else many[i])[:150]
+        assert top_k(many, 150, highest=highest).tolist() == expected
