@@ -16,6 +16,9 @@ from lightning_al.scoring.statistics import chunked_token_statistics, token_stat
 
 ScoreSource = Literal["generated", "prompt", "first"]
 
+#: Logits allowed at once however small the batch (1 MiB of float32): smaller blocks only add overhead.
+_MIN_LOGITS_BUDGET = 1 << 18
+
 
 def prompt_statistics(
     model: PreTrainedModel, batch: dict[str, torch.Tensor], source: ScoreSource, chunk_size: int = 1024
@@ -50,7 +53,12 @@ def prompt_statistics(
         rows, target_columns = scored.nonzero(as_tuple=True)
         positions = target_columns - 1
         next_tokens = input_ids[rows, target_columns]
-    stats = chunked_token_statistics(hidden[rows, positions], model.get_output_embeddings(), next_tokens, chunk_size)
+    # The LM head's working memory stays within the size of the decoder's own output (and the
+    # decoder makes several tensors that large in every layer), so scoring adds no memory peak.
+    budget = max(hidden.numel(), _MIN_LOGITS_BUDGET)
+    stats = chunked_token_statistics(
+        hidden[rows, positions], model.get_output_embeddings(), next_tokens, chunk_size, max_elements=budget
+    )
     return stats, rows
 
 

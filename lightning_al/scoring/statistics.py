@@ -47,16 +47,113 @@ def token_statistics(
 
 
 def chunked_token_statistics(
-    hidden: torch.Tensor, lm_head: torch.nn.Module, next_tokens: torch.Tensor | None, chunk_size: int = 1024
+    hidden: torch.Tensor,
+    lm_head: torch.nn.Module,
+    next_tokens: torch.Tensor | None,
+    chunk_size: int = 1024,
+    max_elements: int | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``token_statistics(lm_head(hidden))`` for hidden states [N, H], ``chunk_size`` rows at a time,
-    so that at most chunk_size x vocab logits exist at once (vocab 128K makes full logits the peak)."""
+    """``token_statistics(lm_head(hidden))`` for hidden states [N, H], without full logits.
+
+    At most ``chunk_size`` rows at a time, and, when ``max_elements`` is given, at most that many
+    logits at once: a linear head is then applied one block of the vocabulary at a time and the
+    statistics are accumulated across blocks (online softmax), so that a large vocabulary (128K)
+    costs neither memory nor extra passes over the head's weights. Any other head (not a plain
+    linear layer, e.g. sharded) is called as a whole on fewer rows.
+    """
+    rows, block, linear = max(1, chunk_size), None, None
+    if max_elements is not None:
+        linear = _linear_weights(lm_head, hidden.shape[-1])
+        if linear is not None:
+            # Long row chunks first (each reads the head's weights once), then split the vocabulary.
+            vocab = linear[0].shape[0]
+            rows = max(1, min(rows, max_elements // min(vocab, _MIN_VOCAB_BLOCK)))
+            block = max_elements // rows if max_elements // rows < vocab else None
+        else:
+            rows = max(1, min(rows, max_elements // lm_head(hidden[:1]).shape[-1]))
     parts = []
-    for start in range(0, hidden.shape[0], chunk_size):
-        stop = start + chunk_size
+    for start in range(0, hidden.shape[0], rows):
+        stop = start + rows
         chunk_tokens = None if next_tokens is None else next_tokens[start:stop]
-        parts.append(token_statistics(lm_head(hidden[start:stop]), chunk_tokens, overwrite=True))
+        if block is not None:
+            parts.append(_blocked_statistics(hidden[start:stop], *linear, chunk_tokens, block))
+        else:
+            parts.append(token_statistics(lm_head(hidden[start:stop]), chunk_tokens, overwrite=True))
+    if not parts:  # no scored position in the batch
+        empty = hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
+        return {k: empty for k in ("entropy", "logprob", "margin")}
     return {k: torch.cat([p[k] for p in parts]) for k in ("entropy", "logprob", "margin")}
+
+
+#: Smallest vocabulary block of the online-softmax path (smaller ones spend their time in Python).
+_MIN_VOCAB_BLOCK = 256
+
+
+def _linear_weights(head: torch.nn.Module, hidden_size: int) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(weight, bias) of an LM head that is a plain ``nn.Linear`` (also the active copy inside peft's
+    ``ModulesToSaveWrapper``, for a head trained in full), else None."""
+    module = head
+    if hasattr(module, "original_module") and hasattr(module, "modules_to_save"):
+        adapters = [] if module.disable_adapters else list(module.active_adapters)
+        if len(adapters) > 1:
+            return None
+        module = module.modules_to_save[adapters[0]] if adapters else module.original_module
+    if type(module) is not torch.nn.Linear:
+        return None
+    weight = module.weight
+    # Sharded (FSDP, DTensor) or quantized weights: call the module instead.
+    if type(weight) not in (torch.Tensor, torch.nn.Parameter) or weight.dim() != 2 or weight.shape[1] != hidden_size:
+        return None
+    return weight, module.bias
+
+
+def _blocked_statistics(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, next_tokens: torch.Tensor | None, block: int
+) -> dict[str, torch.Tensor]:
+    """``token_statistics(hidden @ weight.T + bias)``, one block of ``block`` vocabulary entries at a time.
+
+    Running per row: the largest logit so far ``m``, ``s = sum exp(l - m)``, ``t = sum exp(l - m) (l - m)``
+    (rescaled when m grows), the two largest logits, and the next token's logit. Then log Z = m + log s,
+    H = log s - t / s, log p(y) = l_y - log Z, margin = exp(l_1 - log Z) - exp(l_2 - log Z).
+    """
+    n = hidden.shape[0]
+    dtype = torch.promote_types(torch.promote_types(hidden.dtype, weight.dtype), torch.float32)
+    kwargs = {"dtype": dtype, "device": hidden.device}
+    m = torch.full((n,), float("-inf"), **kwargs)
+    s, t = torch.zeros(n, **kwargs), torch.zeros(n, **kwargs)
+    top = torch.full((n, 2), float("-inf"), **kwargs)
+    target = torch.zeros(n, **kwargs)
+    lowest = torch.finfo(dtype).min
+    for v0 in range(0, weight.shape[0], block):
+        v1 = min(v0 + block, weight.shape[0])
+        logits = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1])
+        logits = logits.to(dtype)
+        top = torch.cat([top, logits.topk(min(2, v1 - v0), dim=-1).values], dim=-1).topk(2, dim=-1).values
+        if next_tokens is not None:
+            inside = (next_tokens >= v0) & (next_tokens < v1)
+            column = (next_tokens - v0).clamp(0, v1 - v0 - 1).unsqueeze(-1)
+            target = torch.where(inside, logits.gather(-1, column).squeeze(-1), target)
+        new_m = torch.maximum(m, logits.max(-1).values)
+        # Rescale the sums to the new reference (rows with nothing yet stay at zero, not NaN).
+        shift = torch.where(s > 0, m - new_m, torch.zeros_like(m))
+        scale = shift.exp()
+        t = scale * (t + shift * s)
+        s = scale * s
+        d = logits.sub_(new_m.unsqueeze(-1))
+        e = d.exp()
+        s = s + e.sum(-1)
+        d.clamp_(min=lowest)  # -inf logits: 0 * log 0 = 0, not NaN
+        t = t + (e.unsqueeze(-2) @ d.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        m = new_m
+        del logits, d, e
+    log_s = s.log()
+    log_z = m + log_s
+    logprob = (top[:, 0] if next_tokens is None else target) - log_z
+    return {
+        "entropy": log_s - t / s,
+        "logprob": logprob,
+        "margin": (top[:, 0] - log_z).exp() - (top[:, 1] - log_z).exp(),
+    }
 
 
 def per_example_scores(stats: dict[str, torch.Tensor], example: torch.Tensor, num_examples: int) -> dict[str, torch.Tensor]:
