@@ -18,9 +18,17 @@ Setups: ``smollm2`` (SmolLM2-135M-Instruct, vocab 49152) and ``random-llama`` (a
 initialised Llama with vocab 128256 and a few small layers, where the LM head dominates), both on a
 seeded sample of FLAN v2 CoT prompts tokenized with SmolLM2's tokenizer and chat template.
 
-Peak memory on CPU: the process's resident-set high-water mark (``VmHWM``, reset through
-``/proc/self/clear_refs`` after a warm-up batch and ``malloc_trim``) minus the resident set before the
-pass; on CUDA: ``torch.cuda.max_memory_allocated`` minus the allocated memory before the pass.
+Tokens/s: real (unpadded) prompt tokens per second of a timed pass over all the variant's prompts,
+after a one-prompt warm-up. The naive passes cost the same for every prompt (all are padded to the same
+width), so they run on a seeded subset (--naive-prompts) and their rate stands for the whole sample.
+
+Peak extra memory: the most memory a pass holds beyond what was live before it. On CUDA,
+``torch.cuda.max_memory_allocated`` minus the memory allocated before. On CPU, the resident-set
+high-water mark (``VmHWM``, reset through ``/proc/self/clear_refs``) minus the resident set before,
+measured with glibc set to map every allocation of 64 KiB or more on its own (so that freed tensors
+leave the resident set), on one thread, with the weights copied out of the memory-mapped checkpoint,
+over the widest batch, the least of --memory-repeats passes. The naive passes' peaks (gigabytes) are
+read on their timed pass.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ class PeakMemory:
     def __init__(self, device):
         self.device = device
 
-    def start(self) -> None:
+    def start(self, fixed_threshold: bool = True) -> None:
         import gc
 
         import torch
@@ -82,7 +90,8 @@ class PeakMemory:
             libc = ctypes.CDLL("libc.so.6")
             # Every allocation of 64 KiB or more gets its own mapping, unmapped when freed: the
             # resident set then follows the live tensors rather than what the heap keeps for reuse.
-            libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
+            if fixed_threshold:
+                libc.mallopt(_M_MMAP_THRESHOLD, 64 * 1024)
             libc.malloc_trim(0)  # hand back the heap's free pages: the baseline is the live memory
         except OSError:
             pass
@@ -100,6 +109,8 @@ class PeakMemory:
 
 
 def _build(spec: dict):
+    import torch
+
     from lightning_al.data.datamodule import ActiveLearningDataModule
     from lightning_al.data.sources import FlanCoT
     from lightning_al.model.module import LoRALanguageModel
@@ -114,6 +125,12 @@ def _build(spec: dict):
         model = LoRALanguageModel(config=RANDOM_LLAMA, **kwargs)
     model.configure_model()
     model.eval().to(spec["device"])
+    with torch.no_grad():
+        # Weights in anonymous memory: the safetensors file is memory-mapped, and pages of it that the
+        # kernel drops while they are cold (the embedding rows no prompt uses) would count as new
+        # resident memory when the LM head touches them again.
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tensor.data = tensor.data.clone()
     dm = ActiveLearningDataModule(
         FlanCoT(path=spec["flan"]), tokenizer=spec["tokenizer"], validation_size=0, max_pool_size=spec["num_prompts"],
         split_seed=spec["seed"], max_length=512, eval_batch_size=spec["batch_size"], cache_dir=spec["cache_dir"],
@@ -226,18 +243,31 @@ def worker(spec: dict) -> dict:
             torch.cuda.synchronize()
         return real, processed, scored, entropies
 
+    naive = variant.startswith("naive")
+    meter = PeakMemory(device)
     with torch.inference_mode():
-        # Warm-up on the first batch (the longest one for the project's length-sorted order).
-        run([next(batches())])
+        # Warm-up on one prompt: pages the weights in and sets the kernels up.
+        run([{k: v[:1] for k, v in next(batches()).items()}])
+        if naive:  # its peak is gigabytes: measured on the timed pass itself
+            meter.start(fixed_threshold=False)
         start = time.perf_counter()
         real, processed, scored, entropies = run(batches())
         seconds = time.perf_counter() - start
-        # Peak memory on the first (widest) batches, in a pass of its own: on CPU glibc is switched to
-        # a fixed mmap threshold for it, which would slow down the timed pass.
-        meter = PeakMemory(device)
-        meter.start()
-        run(itertools.islice(batches(), spec["memory_batches"]))
-        peak = meter.stop()
+        if naive:
+            peak = meter.stop()
+        else:
+            # Peak memory on the widest batches (the first ones), in passes of their own: on CPU they
+            # run with a fixed mmap threshold, which would slow the timed pass, and on one thread,
+            # since worker threads allocate from heaps of their own that make the figure noisy. The
+            # least of a few repeats: the first passes still fill caches (allocator, oneDNN) that stay.
+            torch.set_num_threads(1)
+            widest = [to_device(batch) for batch in itertools.islice(batches(), spec["memory_batches"])]
+            peaks = []
+            for _ in range(spec["memory_repeats"]):
+                meter.start()
+                run(widest)
+                peaks.append(meter.stop())
+            peak = min(peaks)
     return {
         "variant": variant, "setup": spec["setup"], "prompts": len(indices), "seconds": seconds, "real_tokens": real,
         "processed_tokens": processed, "scored_positions": scored, "peak_extra_bytes": peak,
@@ -248,9 +278,10 @@ def worker(spec: dict) -> dict:
 # ---------------------------------------------------------------------------- orchestration
 def _run_worker(spec: dict) -> dict:
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    env.setdefault("MKL_DISABLE_FAST_MM", "1")  # MKL's buffer cache would count in whichever pass fills it
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")])
     proc = subprocess.run(
-        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True
+        [sys.executable, __file__, "--worker", json.dumps(spec)], env=env, capture_output=True, text=True, check=False
     )
     if proc.returncode != 0:
         raise RuntimeError(f"{spec['setup']}/{spec['variant']} failed:\n{proc.stderr[-4000:]}")
@@ -270,12 +301,12 @@ def _mib(n: float) -> str:
 
 
 def table(results: dict, args) -> str:
-    lines = [
-        "| setup | scoring | project tok/s | naive tok/s | speed-up | project peak extra MiB | decoder-only peak "
-        "extra MiB | memory ratio (≤ 1.3) | naive peak extra MiB | real/processed project (≥ 0.9) | "
-        "real/processed naive |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    columns = [
+        "setup", "scoring", "project tok/s", "naive tok/s", "speed-up", "decoder-only tok/s", "project peak extra MiB",
+        "decoder-only peak extra MiB", "memory ratio (≤ 1.3)", "naive peak extra MiB",
+        "real/processed project (≥ 0.9)", "real/processed naive",
     ]
+    lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     for setup, runs in results.items():
         floor = runs["decoder-only"]
         for source in args.sources:
@@ -283,9 +314,11 @@ def table(results: dict, args) -> str:
             ours_rate = ours["real_tokens"] / ours["seconds"]
             naive_rate = naive["real_tokens"] / naive["seconds"]
             ratio = ours["peak_extra_bytes"] / max(floor["peak_extra_bytes"], 1)
+            floor_rate = floor["real_tokens"] / floor["seconds"]
             lines.append(
                 f"| {setup} | {source} | {ours_rate:,.0f} | {naive_rate:,.0f} | {ours_rate / naive_rate:.1f}x | "
-                f"{_mib(ours['peak_extra_bytes'])} | {_mib(floor['peak_extra_bytes'])} | {ratio:.2f} | "
+                f"{floor_rate:,.0f} | {_mib(ours['peak_extra_bytes'])} | {_mib(floor['peak_extra_bytes'])} | "
+                f"{ratio:.2f} | "
                 f"{_mib(naive['peak_extra_bytes'])} | {ours['real_tokens'] / ours['processed_tokens']:.3f} | "
                 f"{naive['real_tokens'] / naive['processed_tokens']:.3f} |"
             )
@@ -298,12 +331,13 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--setups", nargs="+", default=["smollm2", "random-llama"], choices=["smollm2", "random-llama"])
     parser.add_argument("--sources", nargs="+", default=["prompt", "generated"], choices=["prompt", "generated"])
-    parser.add_argument("--num-prompts", type=int, default=256, help="prompts scored by the project's passes")
-    parser.add_argument("--naive-prompts", type=int, default=32, help="prompts scored by the naive passes (a rate)")
+    parser.add_argument("--num-prompts", type=int, default=192, help="prompts scored by the project's passes")
+    parser.add_argument("--naive-prompts", type=int, default=16, help="prompts scored by the naive passes (a rate)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--max-new-tokens", type=int, default=16, help="continuation length in generated scoring")
     parser.add_argument("--pad-to", type=int, default=512, help="padded width of the naive passes")
-    parser.add_argument("--memory-batches", type=int, default=2, help="batches (the widest) of the memory pass")
+    parser.add_argument("--memory-batches", type=int, default=1, help="batches (the widest first) of the memory pass")
+    parser.add_argument("--memory-repeats", type=int, default=2, help="memory passes; the least peak is reported")
     parser.add_argument("--logits-chunk-size", type=int, default=0, help="0: the module's default")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -325,7 +359,7 @@ def main() -> None:
         tokenizer=tokenizer, flan=args.flan, num_prompts=args.num_prompts, naive_prompts=args.naive_prompts,
         batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, pad_to=args.pad_to, device=device,
         threads=args.threads, seed=args.seed, cache_dir=args.cache_dir, logits_chunk_size=args.logits_chunk_size,
-        memory_batches=args.memory_batches,
+        memory_batches=args.memory_batches, memory_repeats=args.memory_repeats,
     )
     variants = ["decoder-only"] + [f"{kind}-{source}" for source in args.sources for kind in ("project", "naive")]
     variants = [v for v in variants if not args.only or v in args.only]
@@ -342,7 +376,10 @@ def main() -> None:
                 f"(wall {time.time() - t0:.0f} s)",
                 file=sys.stderr, flush=True,
             )
-    hardware = torch.cuda.get_device_name() if device == "cuda" else f"{platform.processor() or platform.machine()}, {args.threads} threads"
+    if device == "cuda":
+        hardware = torch.cuda.get_device_name()
+    else:
+        hardware = f"{platform.processor() or platform.machine()}, {args.threads} threads"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     header = (
         f"# Scoring benchmark ({device}: {hardware})\n\n"

@@ -97,7 +97,9 @@ def mixed_indices(datamodule):
     return np.sort(order[np.linspace(0, len(order) - 1, 20).round().astype(int)])
 
 
-def module_scores(model: LoRALanguageModel, dm, indices, mixed: bool = True, whole_prompt: bool = False) -> dict[str, np.ndarray]:
+def module_scores(
+    model: LoRALanguageModel, dm, indices, mixed: bool = True, whole_prompt: bool = False
+) -> dict[str, np.ndarray]:
     """predict_step over the score dataloader, as float64 arrays aligned with sorted ``indices``.
     ``whole_prompt``: set each prompt's content span to all of it, as when there is no chat template."""
     parts = []
@@ -109,7 +111,8 @@ def module_scores(model: LoRALanguageModel, dm, indices, mixed: bool = True, who
             widths = batch["attention_mask"].sum(1)
             if mixed:
                 assert len(torch.unique(widths)) >= 3, "the batch should hold prompts of mixed lengths"
-                assert (batch["attention_mask"][:, -1] == 1).all() and (batch["attention_mask"][:, 0] == 0).any(), "left padding"
+                mask = batch["attention_mask"]
+                assert (mask[:, -1] == 1).all() and (mask[:, 0] == 0).any(), "left padding"
             parts.append(model.predict_step(batch))
     out = {k: torch.cat([p[k] for p in parts]).detach().double().numpy() for k in ("index", *SCORE_NAMES)}
     order = np.argsort(out["index"])
@@ -125,7 +128,9 @@ def _distribution_stats(logits: torch.Tensor, token: int) -> tuple[float, float,
     return float(entropy), float(torch.log(p[token])), float(top[0] - top[1])
 
 
-def reference_scores(model: LoRALanguageModel, dm, indices, source: str, whole_prompt: bool = False) -> dict[str, np.ndarray]:
+def reference_scores(
+    model: LoRALanguageModel, dm, indices, source: str, whole_prompt: bool = False
+) -> dict[str, np.ndarray]:
     ref = copy.deepcopy(model.model).double().eval()
     stops = set(model.stop_token_ids)
     out = {k: [] for k in SCORE_NAMES}
@@ -208,6 +213,17 @@ def test_prompt_source_from_the_first_token(datamodule, mixed_indices):
         np.testing.assert_allclose(ours[name], expected[name], rtol=0, atol=ATOL, err_msg=name)
 
 
+def test_prompt_source_with_nothing_to_score(datamodule, mixed_indices):
+    """A batch without any scored position (empty content spans) gives NaN scores, 0 tokens."""
+    model = make_model("prompt")
+    batch = next(iter(datamodule.score_dataloader(mixed_indices)))
+    batch["content_end"] = batch["content_start"].clone()
+    with torch.no_grad():
+        out = model.predict_step(batch)
+    assert torch.equal(out["num_tokens"], torch.zeros_like(out["num_tokens"]))
+    assert torch.isnan(out["entropy"]).all() and torch.isnan(out["min_margin"]).all()
+
+
 @pytest.mark.parametrize("source", ["prompt", "first"])
 def test_scores_match_naive_reference_absolute_positions(source, datamodule, mixed_indices):
     model = make_model(source, extra_stop=False, config=GPT2_CONFIG)
@@ -256,7 +272,8 @@ def test_generation_settings_of_the_model_do_not_change_generated_scores(datamod
 def _write_pool(path, rows, responses):
     with open(path, "w") as handle:
         for row, response in zip(rows, responses):
-            handle.write(json.dumps({"id": row["id"], "task": row["task"], "prompt": row["prompt"], "response": response}) + "\n")
+            record = {"id": row["id"], "task": row["task"], "prompt": row["prompt"], "response": response}
+            handle.write(json.dumps(record) + "\n")
 
 
 @pytest.mark.parametrize("source", ["prompt", "first", "generated"])
@@ -340,21 +357,52 @@ def test_chunked_statistics_equal_unchunked(bias):
     torch.nn.init.normal_(head.weight, std=1.0, generator=generator)
     if bias:
         torch.nn.init.normal_(head.bias, std=3.0, generator=generator)
+        with torch.no_grad():
+            head.bias[:300] = float("-inf")  # tokens that can never follow, all of the first blocks
     hidden = torch.randn(23, 16, generator=generator, dtype=torch.float64)
-    tokens = torch.randint(0, vocab, (23,), generator=generator)
-    tokens[:3] = torch.tensor([0, vocab - 1, 256])  # the first and last entries, and a block boundary
+    tokens = torch.randint(300 if bias else 0, vocab, (23,), generator=generator)
+    tokens[:3] = torch.tensor([300 if bias else 0, vocab - 1, 512])  # first and last entries, a block boundary
     with torch.no_grad():
         for next_tokens in (tokens, None):
             full = token_statistics(head(hidden), next_tokens)
-            for chunk, budget in ((1, None), (5, None), (23, None), (1000, None), (5, 300), (7, 2600), (64, 512), (3, 10**6)):
+            cases = ((1, None), (5, None), (23, None), (1000, None), (5, 300), (7, 2600), (64, 512), (3, 10**6))
+            for chunk, budget in cases:
                 chunked = chunked_token_statistics(hidden, head, next_tokens, chunk, max_elements=budget)
                 for name in full:
-                    torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-12, msg=f"{chunk} {budget} {name}")
+                    message = f"{chunk} {budget} {name}"
+                    torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-12, msg=message)
             # A head that is not a plain linear layer is called whole, on fewer rows.
             wrapped = torch.nn.Sequential(head)
             chunked = chunked_token_statistics(hidden, wrapped, next_tokens, 16, max_elements=2500)
             for name in full:
                 torch.testing.assert_close(chunked[name], full[name], rtol=0, atol=1e-12)
+
+
+def test_chunked_statistics_respect_the_logits_budget(monkeypatch):
+    """No more than ``max_elements`` logits exist at once, for a linear head (vocabulary blocks) and
+    for any other head (fewer rows)."""
+    head = torch.nn.Linear(16, 1000)
+    hidden = torch.randn(50, 16)
+    sizes = []
+    linear = torch.nn.functional.linear
+
+    def recording_linear(*args, **kwargs):
+        out = linear(*args, **kwargs)
+        sizes.append(out.numel())
+        return out
+
+    with torch.no_grad():
+        full = token_statistics(head(hidden))
+        monkeypatch.setattr(torch.nn.functional, "linear", recording_linear)
+        for budget in (600, 5000, 20_000):
+            sizes.clear()
+            blocked = chunked_token_statistics(hidden, head, None, 32, max_elements=budget)
+            assert sizes and max(sizes) <= max(budget, 256), (budget, max(sizes))
+            torch.testing.assert_close(blocked["entropy"], full["entropy"], rtol=0, atol=1e-5)
+            sizes.clear()
+            other = chunked_token_statistics(hidden, torch.nn.Sequential(head), None, 32, max_elements=budget)
+            assert max(sizes[1:]) <= max(budget, 1000), (budget, sizes)  # sizes[0]: one row, to learn the vocabulary
+            torch.testing.assert_close(other["entropy"], full["entropy"], rtol=0, atol=1e-5)
 
 
 def test_blocked_statistics_in_float32():
@@ -374,15 +422,15 @@ def test_blocked_statistics_in_float32():
         torch.testing.assert_close(blocked[name].double(), exact[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_blocked_statistics_use_the_trained_head(datamodule, mixed_indices):
+def test_blocked_statistics_use_the_trained_head():
     """A head trained in full (peft modules_to_save): its trained copy is the one that scores."""
-    model = make_model("prompt", modules_to_save=["lm_head"])
+    model = make_model("prompt", config=dict(MODEL_CONFIG, vocab_size=600), modules_to_save=["lm_head"])
     head = model.model.get_base_model().get_output_embeddings()
     hidden = torch.randn(30, MODEL_CONFIG["hidden_size"], generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         full = token_statistics(head(hidden))
         original = token_statistics(head.original_module(hidden))
-        blocked = chunked_token_statistics(hidden, head, None, 8, max_elements=8 * 40)
+        blocked = chunked_token_statistics(hidden, head, None, 8, max_elements=8 * 300)  # 2 blocks of 300
     assert (full["entropy"] - original["entropy"]).abs().max() > 1e-2
     for name in full:
         torch.testing.assert_close(blocked[name], full[name], rtol=0, atol=1e-5)

@@ -41,9 +41,16 @@ def token_statistics(
         logprob = logp.gather(-1, next_tokens.unsqueeze(-1)).squeeze(-1)
     top2 = p.topk(2, dim=-1).values
     logp.clamp_(min=torch.finfo(logp.dtype).min)  # -inf -> finite, so that 0 * log 0 is 0, not NaN
-    # One dot product per row: no [N, V] product buffer.
-    entropy = -(p.unsqueeze(-2) @ logp.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+    entropy = -_row_dot(p, logp)
     return {"entropy": entropy, "logprob": logprob, "margin": top2[..., 0] - top2[..., 1]}
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Row-wise dot products of two [..., V] tensors. A batched matrix product makes no [..., V]
+    buffer, but is slow for a few long rows (a generation step), whose buffer is small anyway."""
+    if a[..., 0].numel() <= 64:
+        return (a * b).sum(-1)
+    return (a.unsqueeze(-2) @ b.unsqueeze(-1)).squeeze(-1).squeeze(-1)
 
 
 def chunked_token_statistics(
@@ -139,11 +146,12 @@ def _blocked_statistics(
         scale = shift.exp()
         t = scale * (t + shift * s)
         s = scale * s
-        d = logits.sub_(new_m.unsqueeze(-1))
+        # Rows whose logits are all -inf so far keep 0 as reference (-inf - -inf would be NaN).
+        d = logits.sub_(torch.where(new_m > float("-inf"), new_m, torch.zeros_like(new_m)).unsqueeze(-1))
         e = d.exp()
         s = s + e.sum(-1)
         d.clamp_(min=lowest)  # -inf logits: 0 * log 0 = 0, not NaN
-        t = t + (e.unsqueeze(-2) @ d.unsqueeze(-1)).squeeze(-1).squeeze(-1)
+        t = t + _row_dot(e, d)
         m = new_m
         del logits, d, e
     log_s = s.log()
