@@ -5,11 +5,6 @@ from a float64 copy of the model, and applies the definitions literally; the mod
 left-padded, chunked ``predict_step`` must agree with it to 1e-5.
 """
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import copy
 import json
 import math
