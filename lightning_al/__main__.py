@@ -1,4 +1,4 @@
-from lightning_al.cli import main
+from lightning_al.cli import entry_point
 
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -1,7 +1,9 @@
-"""``lightning-al``: the LightningCLI of the system (fit / validate / test / predict)."""
+"""``lightning-al``: the LightningCLI of the system (fit / validate / test / predict), plus the
+``study`` (a grid of runs) and ``report`` (tables and plots of finished runs) commands."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
@@ -87,5 +89,20 @@ def main(args: list[str] | None = None) -> ActiveLearningCLI:
     )
 
 
+def entry_point() -> None:
+    """The ``lightning-al`` command."""
+    args = sys.argv[1:]
+    if args[:1] == ["study"]:
+        from lightning_al.study import main as study
+
+        study(args[1:])
+    elif args[:1] == ["report"]:
+        from lightning_al.report.command import main as report
+
+        report(args[1:])
+    else:
+        main(args)
+
+
 if __name__ == "__main__":
-    main()
+    entry_point()

@@ -22,10 +22,16 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.evaluation.diversity import initial_model_embeddings, mean_pairwise_cosine_distance
 from lightning_al.scoring.pool import score_pool
 from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes
 
 RetrainingPolicy = Literal["scratch", "continue", "incremental"]
+
+#: Cost counters (cumulative over the run, saved in checkpoints): pool tokens scored and scoring
+#: passes / time, tokens trained on (prompt + response, per epoch), evaluation and wall time.
+_NO_COST = {"tokens_scored": 0.0, "scoring_passes": 0.0, "scoring_seconds": 0.0, "tokens_trained": 0.0,
+            "eval_seconds": 0.0, "wall_seconds": 0.0}
 
 
 class ActiveLearningLoop(Callback):
@@ -42,6 +48,8 @@ class ActiveLearningLoop(Callback):
         run_dir: Folder of this run's outputs: checkpoints, ``rounds/round_<r>.jsonl``, adapters.
         seed: Seed of random acquisition and of the training order (default: the run's ``seed_everything``).
         overwrite: Allow a fresh (not resumed) run to write into a run_dir that already holds rounds.
+        diversity_sample: Examples (a seeded sample) of each acquired set whose initial-model prompt
+            embeddings give its diversity, written to metrics.jsonl; 0 turns it off.
     """
 
     def __init__(
@@ -54,6 +62,7 @@ class ActiveLearningLoop(Callback):
         run_dir: str = "checkpoints/run",
         seed: int | None = None,
         overwrite: bool = False,
+        diversity_sample: int = 256,
     ) -> None:
         if retraining not in ("scratch", "continue", "incremental"):
             raise ValueError(f"loop.retraining: one of scratch, continue, incremental; got {retraining!r}")
@@ -68,11 +77,14 @@ class ActiveLearningLoop(Callback):
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.overwrite = overwrite
+        self.diversity_sample = diversity_sample
         #: The newest acquired round (-1: nothing acquired yet). Saved in checkpoints.
         self.round = -1
         #: Cost accounting, saved in checkpoints so that a resumed run reports the whole run.
-        self.cost: dict[str, float] = {"tokens_scored": 0, "scoring_passes": 0, "scoring_seconds": 0.0}
+        self.cost: dict[str, float] = dict(_NO_COST)
         self._rng_state: dict[str, Any] | None = None
+        self._clock = time.perf_counter()
+        self._eval_start: float | None = None
 
     # ---------------------------------------------------------------- checks, before any expensive work
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -93,13 +105,20 @@ class ActiveLearningLoop(Callback):
             )
         if trainer.reload_dataloaders_every_n_epochs != 1:
             raise ValueError("trainer.reload_dataloaders_every_n_epochs must be 1: each round trains on a new set")
+        if self.epochs_per_round % (trainer.check_val_every_n_epoch or 1):
+            raise ValueError(
+                f"trainer.check_val_every_n_epoch ({trainer.check_val_every_n_epoch}) must divide "
+                f"loop.epochs_per_round ({self.epochs_per_round}): every round ends with an evaluation"
+            )
         if self.seed is None:
             self.seed = int(torch.initial_seed()) % 2**31
         dm.seed = self.seed
         dm.train_latest_round_only = self.retraining == "incremental"
+        dm.evaluate_every_n_epochs = self.epochs_per_round
 
     # ---------------------------------------------------------------- rounds
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._clock = time.perf_counter()
         if trainer.ckpt_path is not None:
             return  # resuming: the checkpoint holds the rounds acquired so far
         rounds_dir = self.run_dir / "rounds"
@@ -109,6 +128,8 @@ class ActiveLearningLoop(Callback):
                 f"{rounds_dir} already holds rounds of an earlier run: resume it with --ckpt_path last, "
                 "or set loop.overwrite=true, or choose another run_name"
             )
+        if trainer.is_global_zero:
+            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         self.acquire(trainer, pl_module, 0)
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -148,12 +169,65 @@ class ActiveLearningLoop(Callback):
             self._write_round(dm, round, chosen, chosen_scores)
         self._log_round(trainer, dm, round, chosen, scores, chosen_scores)
 
+    def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._eval_start = None if trainer.sanity_checking else time.perf_counter()
+
+    def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if self._eval_start is not None:
+            self.cost["eval_seconds"] += time.perf_counter() - self._eval_start
+            self._eval_start = None
+
     def end_round(self, trainer: Trainer, pl_module: LightningModule, round: int) -> None:
+        """After a round's training and evaluation: save its adapter, account its cost, and write
+        its metrics to ``metrics.jsonl`` and TensorBoard (per round and per labeled count)."""
+        dm: ActiveLearningDataModule = trainer.datamodule
         if trainer.is_global_zero:
             pl_module.save_adapter(self.run_dir / "rounds" / f"round_{round}" / "adapter")
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
-        shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items())
-        rank_zero_info(f"Round {round} trained on {len(trainer.datamodule.labeled_indices())} labels. {shown}")
+        self.cost["tokens_trained"] += float(self.epochs_per_round * dm.pool_lengths[dm.train_indices()].sum())
+        now = time.perf_counter()
+        self.cost["wall_seconds"] += now - self._clock
+        self._clock = now
+        labeled = len(dm.labeled_indices())
+        evaluations = {"heldout"} | {e.name for e in dm.evaluations}
+        results: dict[str, dict[str, float]] = {}
+        for key, value in trainer.callback_metrics.items():
+            name, _, metric = key.partition("/")
+            if name in evaluations and metric:
+                results.setdefault(name, {})[metric] = float(value)
+        results["cost"] = dict(self.cost)
+        if self.diversity_sample:
+            results["selection"] = self._diversity(trainer, pl_module, dm, round)
+        if trainer.is_global_zero:
+            self._write_metrics(round, labeled, trainer, results)
+        if trainer.logger is not None:
+            # Main metrics (not per task) against the round and against the labeled count.
+            main = {f"{name}/{k}": v for name, values in results.items() for k, v in values.items() if "/" not in k}
+            trainer.logger.log_metrics({f"round/{k}": v for k, v in main.items()}, step=round)
+            trainer.logger.log_metrics({f"labeled/{k}": v for k, v in main.items()}, step=labeled)
+        shown = ", ".join(f"{n}/{k}={v:.4f}" for n, vals in results.items() if n not in ("cost", "selection")
+                          for k, v in vals.items() if "/" not in k and k != "count")
+        rank_zero_info(f"Round {round} trained on {len(dm.train_indices())} of {labeled} labels. {shown}")
+
+    def _diversity(self, trainer: Trainer, pl_module: LightningModule, dm: ActiveLearningDataModule,
+                   round: int) -> dict[str, float]:
+        rng = np.random.default_rng([self.seed, round, 1])
+        sets = {"diversity": dm.labeled_indices(round), "diversity_labeled": dm.labeled_indices()}
+        result: dict[str, float] = {}
+        for key, indices in sets.items():
+            sample = np.sort(rng.choice(indices, min(self.diversity_sample, len(indices)), replace=False))
+            embeddings = initial_model_embeddings(trainer, pl_module, dm, sample)
+            result[key] = mean_pairwise_cosine_distance(embeddings)
+        result["diversity_sample"] = float(min(self.diversity_sample, len(sets["diversity"])))
+        return result
+
+    def _write_metrics(self, round: int, labeled: int, trainer: Trainer, results: dict[str, dict[str, float]]) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        # A round re-run after a resume from an earlier checkpoint replaces its rows (and later ones).
+        kept = [line for line in path.read_text().splitlines() if json.loads(line)["round"] < round] if path.exists() else []
+        head = {"round": round, "labeled": labeled, "epoch": trainer.current_epoch, "step": trainer.global_step}
+        rows = [json.dumps({**head, "evaluation": name, **values}) for name, values in results.items()]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(line + "\n" for line in kept + rows))
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         labeled = len(trainer.datamodule.labeled_indices())
@@ -205,7 +279,7 @@ class ActiveLearningLoop(Callback):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.round = state_dict["round"]
         self.seed = state_dict["seed"]
-        self.cost = dict(state_dict["cost"])
+        self.cost = {**_NO_COST, **state_dict["cost"]}
         self._rng_state = state_dict["rng"]
 
 

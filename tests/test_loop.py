@@ -68,7 +68,7 @@ def test_training_set_per_policy(workdir, policy):
 
 def _final(cli):
     rounds = read_rounds(Path(cli.trainer.checkpoint_callback.dirpath))
-    return {r: [row["id"] for row in rows] for r, rows in rounds.items()}, float(cli.trainer.callback_metrics["val/loss"])
+    return {r: [row["id"] for row in rows] for r, rows in rounds.items()}, float(cli.trainer.callback_metrics["heldout/loss"])
 
 
 @pytest.mark.parametrize("crash_epoch", [1, 2], ids=["mid-round", "between-rounds"])

@@ -17,17 +17,18 @@ from torch.utils.data import DataLoader, Subset
 from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, length_sorted
 from lightning_al.data.formatting import tokenize_example
 from lightning_al.data.sources import PoolSource, SyntheticTasks
+from lightning_al.evaluation.sets import Evaluation, HeldOutAnswers
 from lightning_al.model.loading import CHAR_TOKENIZER, load_tokenizer
 
 log = logging.getLogger(__name__)
 
 UNLABELED = -1
-_FORMAT_VERSION = "2"  # bump when tokenize_example changes, to invalidate old caches
+_FORMAT_VERSION = "3"  # bump when tokenize_example changes, to invalidate old caches
 
 
 class ActiveLearningDataModule(LightningDataModule):
-    """Serves the labeled set for training, the held-out split for validation, and the unlabeled
-    pool (prompts only) for scoring.
+    """Serves the labeled set for training, the held-out split and the evaluation sets for
+    validation, and the unlabeled pool (prompts only) for scoring.
 
     Each pool example's acquisition round (or -1, unlabeled) is the whole active-learning state
     of the data; it is saved through ``state_dict`` into every checkpoint.
@@ -46,6 +47,10 @@ class ActiveLearningDataModule(LightningDataModule):
         eval_batch_size: Batch size for validation and for scoring the pool (per device).
         num_workers: DataLoader worker processes.
         cache_dir: Folder for the tokenized-pool cache (default: the datasets cache folder).
+        evaluations: Evaluation sets run at the end of every round, after the held-out loss /
+            perplexity (``class_path`` of ``lightning_al.evaluation.HeldOutAnswers``,
+            ``BigBenchHard``, ``MultipleChoice``). Default: answer exact match on the held-out split.
+            ``[]`` keeps only the held-out loss.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class ActiveLearningDataModule(LightningDataModule):
         eval_batch_size: int = 16,
         num_workers: int = 0,
         cache_dir: str | None = None,
+        evaluations: list[Evaluation] | None = None,
     ) -> None:
         super().__init__()
         self.source = pool if pool is not None else SyntheticTasks()
@@ -78,6 +84,11 @@ class ActiveLearningDataModule(LightningDataModule):
         self.train_latest_round_only = False
         #: Seed of the training order; the loop sets it from the run's seed.
         self.seed = 0
+        self.evaluations = [HeldOutAnswers()] if evaluations is None else list(evaluations)
+        #: The full evaluation runs in the validation of every n-th epoch (the loop sets its round length).
+        self.evaluate_every_n_epochs = 1
+        #: What the current validation / test dataloaders serve: None for the held-out loss, else an Evaluation.
+        self.served: list[Evaluation | None] = []
         self.pool: datasets.Dataset | None = None
         self.acquired_round = np.empty(0, dtype=np.int64)
         self._check_config()
@@ -91,6 +102,9 @@ class ActiveLearningDataModule(LightningDataModule):
             raise ValueError(
                 f"data.max_prompt_length ({self.max_prompt_length}) must be < data.max_length ({self.max_length})"
             )
+        names = [e.name for e in self.evaluations]
+        if len(set(names)) != len(names) or not all(names):
+            raise ValueError(f"data.evaluations: each evaluation set needs its own non-empty name, got {names}")
 
     @cached_property
     def tokenizer(self):
@@ -117,6 +131,9 @@ class ActiveLearningDataModule(LightningDataModule):
         self.held_out[rng.permutation(n)[:n_val]] = True
         self.acquired_round = np.full(n, UNLABELED, dtype=np.int64)
         self._log_pool_summary()
+        for evaluation in self.evaluations:
+            evaluation.prepare(self)
+            rank_zero_info(f"Evaluation set {evaluation.name!r}: {len(evaluation.rows)} examples")
 
     def _tokenized_pool(self) -> datasets.Dataset:
         raw = self.source.load()
@@ -131,7 +148,8 @@ class ActiveLearningDataModule(LightningDataModule):
             tokenize_example,
             fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length,
                        "max_prompt_length": self.max_prompt_length},
-            remove_columns=["system", "prompt", "response"],
+            # The response stays for held-out answer matching; unlabeled ones are never served.
+            remove_columns=["system", "prompt"],
             cache_file_name=str(self.cache_dir / f"tokenized-{digest}.arrow"),
             load_from_cache_file=True,
             desc="Tokenizing the pool",
@@ -203,10 +221,14 @@ class ActiveLearningDataModule(LightningDataModule):
         return digest.hexdigest()
 
     # ---------------------------------------------------------------- dataloaders
-    def train_dataloader(self) -> DataLoader:
+    def train_indices(self) -> np.ndarray:
+        """The current round's training set: all labels, or the newest round's (``incremental``)."""
         rounds = self.acquired_round[self.acquired_round != UNLABELED]
         latest = int(rounds.max()) if len(rounds) else 0
-        indices = self.labeled_indices(latest if self.train_latest_round_only else None)
+        return self.labeled_indices(latest if self.train_latest_round_only else None)
+
+    def train_dataloader(self) -> DataLoader:
+        indices = self.train_indices()
         if len(indices) == 0:
             raise RuntimeError("train_dataloader: nothing is labeled yet (the loop acquires round 0 in on_fit_start)")
         # A new order each epoch, reproducible from (seed, epoch) so that a resumed run sees the same batches.
@@ -214,9 +236,27 @@ class ActiveLearningDataModule(LightningDataModule):
         sampler = LengthGroupedSampler(self.pool_lengths[indices], self.batch_size, seed=self.seed * 100_003 + epoch)
         return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler)
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self) -> list[DataLoader]:
+        """The held-out loss every epoch; the evaluation sets too when a round ends (and in ``validate``)."""
+        trainer = self.trainer
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        if fitting and trainer.sanity_checking:
+            # Lightning keeps the sanity check's loaders for epoch 0's validation.
+            due = self.evaluate_every_n_epochs == 1
+        else:
+            due = not fitting or (trainer.current_epoch + 1) % self.evaluate_every_n_epochs == 0
+        return self._evaluation_loaders(self.evaluations if due else [])
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return self._evaluation_loaders(self.evaluations)
+
+    def _evaluation_loaders(self, evaluations: list[Evaluation]) -> list[DataLoader]:
         indices = length_sorted(np.flatnonzero(self.held_out), self.pool_lengths)
-        return self._loader(indices, self.eval_batch_size, CausalLMCollator(self.tokenizer.pad_token_id))
+        self.served = [None, *evaluations]
+        pad = self.tokenizer.pad_token_id
+        return [self._loader(indices, self.eval_batch_size, CausalLMCollator(pad))] + [
+            e.dataloader(self.eval_batch_size, self.num_workers, pad) for e in evaluations
+        ]
 
     def score_dataloader(self, indices: np.ndarray) -> DataLoader:
         """Prompts only (never the reference response), left-padded for generation, sorted by length."""

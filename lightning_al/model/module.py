@@ -154,16 +154,30 @@ class LoRALanguageModel(LightningModule):
                  batch_size=batch["input_ids"].shape[0])
         return loss
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        evaluation = self.trainer.datamodule.served[dataloader_idx]
+        if evaluation is not None:  # an evaluation set: generation or choice log-likelihoods
+            evaluation.update(self, batch)
+            return
         loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
         # Weighted by response tokens, so the epoch value is the per-token NLL of the whole split.
         tokens = (batch["labels"][:, 1:] != -100).sum()
         self.val_nll.update(loss, weight=tokens)
 
     def on_validation_epoch_end(self) -> None:
+        # Metrics compute across processes (torchmetrics syncs on compute), so no sync_dist here.
         nll = self.val_nll.compute()
         self.val_nll.reset()
-        self.log_dict({"val/loss": nll, "val/perplexity": torch.exp(nll)}, prog_bar=True, sync_dist=False)
+        self.log_dict({"heldout/loss": nll, "heldout/perplexity": torch.exp(nll)}, prog_bar=True)
+        for evaluation in self.trainer.datamodule.served:
+            if evaluation is not None:
+                self.log_dict(evaluation.compute())
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
 
     # ---------------------------------------------------------------- scoring
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0, dataloader_idx: int = 0) -> dict:

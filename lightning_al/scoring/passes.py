@@ -6,12 +6,12 @@ annotation, and reading it before acquisition would leak labels.
 
 from __future__ import annotations
 
-import inspect
 from typing import Literal
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from lightning_al.model.inference import clean_generation_config, decoder_hidden_states
 from lightning_al.scoring.statistics import chunked_token_statistics, token_statistics
 
 ScoreSource = Literal["generated", "prompt", "first"]
@@ -29,14 +29,7 @@ def prompt_statistics(
     The LM head runs only at scored positions, in chunks: full logits of a padded batch are never made.
     """
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
-    decoder = model.get_decoder()
-    inputs = {"input_ids": input_ids, "attention_mask": mask}
-    if "position_ids" in inspect.signature(decoder.forward).parameters:
-        # Left padding: each prompt's positions start at 0 at its first real token, as in generate().
-        # Without them, models with absolute position embeddings (GPT-2, OPT, ...) see every prompt
-        # shifted by its padding, and scores would depend on the batch the prompt falls in.
-        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    hidden = decoder(**inputs).last_hidden_state
+    hidden = decoder_hidden_states(model, input_ids, mask)
     width = input_ids.shape[1]
     if source == "first":
         rows = torch.arange(input_ids.shape[0], device=input_ids.device)
@@ -96,22 +89,13 @@ def generated_statistics(
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids, pad_token_id=pad_token_id
     )
-    # The model's own generation config may carry repetition penalties, n-gram bans, suppressed
-    # tokens or a minimum length, which would change the distributions being scored (and -inf
-    # logits make the entropy NaN). transformers fills every field the passed config leaves unset
-    # from the model's config, so the model's is swapped for a clean one during the call.
-    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    own_config = owner.generation_config
-    owner.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=pad_token_id)
-    try:
+    with clean_generation_config(model, stop_ids, pad_token_id):
         model.generate(
             input_ids=input_ids,
             attention_mask=batch["attention_mask"],
             generation_config=config,
             logits_processor=LogitsProcessorList([collector]),
         )
-    finally:
-        owner.generation_config = own_config
     stats = {k: torch.cat([s[k] for s, _ in collector.parts]) for k in ("entropy", "logprob", "margin")}
     rows = torch.cat([r for _, r in collector.parts])
     return stats, rows

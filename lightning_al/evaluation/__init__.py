@@ -1,0 +1,28 @@
+"""Evaluation after every round: held-out answers, BIG-Bench Hard chain of thought, multiple choice.
+
+The answer extraction and exact-match functions are public: ``from lightning_al.evaluation import
+extract_answer, exact_match``.
+"""
+
+from lightning_al.evaluation.answers import (
+    ANSWER_MARKER,
+    exact_match,
+    extract_answer,
+    normalize_answer,
+    reference_answer,
+    truncate_at_stop,
+)
+from lightning_al.evaluation.sets import BigBenchHard, Evaluation, HeldOutAnswers, MultipleChoice
+
+__all__ = [
+    "ANSWER_MARKER",
+    "BigBenchHard",
+    "Evaluation",
+    "HeldOutAnswers",
+    "MultipleChoice",
+    "exact_match",
+    "extract_answer",
+    "normalize_answer",
+    "reference_answer",
+    "truncate_at_stop",
+]

@@ -1,0 +1,69 @@
+"""Inference over left-padded prompts: decoder hidden states with the right positions, and greedy,
+batched, bounded generation with the model's own sampling settings switched off."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+
+def decoder_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of the decoder (no LM head) for a left-padded batch."""
+    decoder = model.get_decoder()
+    inputs = {"input_ids": input_ids, "attention_mask": mask}
+    if "position_ids" in inspect.signature(decoder.forward).parameters:
+        # Left padding: each prompt's positions start at 0 at its first real token, as in generate().
+        # Without them, models with absolute position embeddings (GPT-2, OPT, ...) see every prompt
+        # shifted by its padding, and results would depend on the batch the prompt falls in.
+        inputs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    return decoder(**inputs).last_hidden_state
+
+
+@contextmanager
+def clean_generation_config(model: PreTrainedModel, stop_ids: list[int], pad_token_id: int) -> Iterator[None]:
+    """Swap the model's generation config for a bare one while generating.
+
+    A model's own config may carry repetition penalties, n-gram bans, suppressed tokens or a
+    minimum length, which change the distributions (and -inf logits make an entropy NaN).
+    transformers fills every field the passed config leaves unset from the model's config, so the
+    model's is replaced during the call rather than overridden field by field.
+    """
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    own_config = owner.generation_config
+    owner.generation_config = GenerationConfig(eos_token_id=stop_ids, pad_token_id=pad_token_id)
+    try:
+        yield
+    finally:
+        owner.generation_config = own_config
+
+
+def greedy_generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: int,
+    stop_ids: list[int],
+    stop_strings: Sequence[str] = (),
+) -> list[str]:
+    """Greedy continuations of a left-padded batch (KV cache), decoded without special tokens.
+
+    Generation stops at an end-of-turn id, at ``max_new_tokens`` or once every row has produced one
+    of ``stop_strings``; the text is returned untruncated (cut it with ``truncate_at_stop``), since a
+    row that stopped may still have decoded a few tokens while the others went on.
+    """
+    config = GenerationConfig(
+        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids,
+        pad_token_id=tokenizer.pad_token_id, stop_strings=list(stop_strings) or None,
+    )
+    with clean_generation_config(model, stop_ids, tokenizer.pad_token_id):
+        output = model.generate(
+            input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
+            tokenizer=tokenizer if stop_strings else None,
+        )
+    new_tokens = output[:, input_ids.shape[1]:]
+    return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

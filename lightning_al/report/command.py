@@ -1,0 +1,172 @@
+"""``lightning-al report RUN_DIRS... --out DIR``: the tables, figures and report.md of a study's runs."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from lightning_al.report import plots
+from lightning_al.report.runs import Run, all_acquired, load_runs
+from lightning_al.report.selection import overlap_summary, overlap_table, selection_summary
+from lightning_al.report.tables import cost_table, final_long, main_metrics, mean_std, metrics_long, to_markdown
+
+#: Figures a previous report may have left in out/plots (removed first so that none is stale).
+_OWN_PLOTS = ("curve_*.png", "final_metrics.png", "task_composition.png", "score_distributions.png", "lengths.png")
+
+
+def _how(text: str) -> str:
+    return f"_How to read: {text}_\n"
+
+
+def _image(path: Path | None, out: Path, alt: str, missing: str) -> str:
+    if path is None:
+        return f"_Skipped figure ({alt}): {missing}._\n"
+    return f"![{alt}]({path.relative_to(out).as_posix()})\n"
+
+
+def _runs_section(runs: Sequence[Run]) -> list[str]:
+    rows = [{
+        "run": r.name, "strategy": r.strategy, "m": r.rounds, "seed": r.seed, "budget": r.budget,
+        "retraining": r.retraining, "rounds done": r.rounds_done,
+        "status": "finished" if r.finished else f"**unfinished** ({r.rounds_done}/{r.rounds} rounds)",
+        "path": str(r.path),
+    } for r in runs]
+    unfinished = [r.name for r in runs if not r.finished]
+    note = (f"Unfinished runs: {', '.join(unfinished)}. They appear in the curves and selection tables, "
+            "not in the final metrics nor the overlaps.\n" if unfinished else "All runs finished.\n")
+    return ["## Runs included\n", _how("one row per run directory; m = rounds, the budget B is split over them."),
+            to_markdown(pd.DataFrame(rows)) + "\n", note]
+
+
+def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[str]:
+    lines = ["## Final metrics by strategy × m\n",
+             _how("value after the last round (all B examples labeled), finished runs only; mean ± sample std "
+                  "over seeds, n = number of seeds. Lower is better for loss and perplexity, higher for "
+                  "accuracy and exact match.")]
+    if final.empty:
+        return [*lines, "_No finished run has metrics._\n"]
+    for evaluation, part in final.groupby("evaluation", sort=False):
+        rows = []
+        for strategy, m in part[["strategy", "m"]].drop_duplicates().itertuples(index=False):
+            cell = part[(part["strategy"] == strategy) & (part["m"] == m)]
+            rows.append({"strategy": strategy, "m": m, "n": int(cell["n"].max()),
+                         **{row.metric: mean_std(row.mean, row.std) for row in cell.itertuples()}})
+        lines += [f"### {evaluation}\n", to_markdown(pd.DataFrame(rows)) + "\n"]
+    return [*lines, _image(figure, out, "final metrics", "no final metrics")]
+
+
+def _cost_section(cost: pd.DataFrame) -> list[str]:
+    lines = ["## Cost per cell\n", _how("cumulative cost at the end of each run's last round: tokens scored by "
+                                        "the acquisition passes, tokens trained on, wall-clock seconds.")]
+    if cost.empty:
+        return [*lines, "_No cost rows in the runs' metrics._\n"]
+    return [*lines, to_markdown(cost.drop(columns=["run"])) + "\n"]
+
+
+def _overlap_lines(summary: pd.DataFrame, kind: str, group: str) -> str:
+    part = summary[summary["kind"] == kind]
+    if part.empty:
+        return "_No pair of finished runs to compare._\n"
+    rows = [{group: r.group, "pair": r.pair, "Jaccard": mean_std(r.jaccard_mean, r.jaccard_std, 3), "n seeds": r.n_seeds}
+            for r in part.itertuples()]
+    return to_markdown(pd.DataFrame(rows)) + "\n"
+
+
+def _selection_section(runs: Sequence[Run], summary: pd.DataFrame, overlap: pd.DataFrame,
+                       figures: dict[str, Path | None], out: Path) -> list[str]:
+    final = summary[summary["scope"] == "final"] if not summary.empty else summary
+    how_overlap = ("Jaccard |A∩B| / |A∪B| of the final acquired id sets of two runs with the same seed; "
+                   "1 = the same examples, 0 = disjoint; mean ± std over seeds.")
+    lines = ["## Data selection\n", "### Overlap between m values\n", _how(how_overlap),
+             _overlap_lines(overlap, "m", "strategy"), "### Overlap between strategies\n", _how(how_overlap),
+             _overlap_lines(overlap, "strategy", "m"), "### Task mix\n",
+             _how("task entropy (nats) of the final acquired set; the maximum, ln(number of tasks), is a uniform "
+                  "mix, lower values mean the strategy concentrated on a few tasks.")]
+    ident = ["strategy", "m", "seed"]
+    if final.empty:
+        return [*lines, "_No acquired examples._\n"]
+    marks = final["finished"].map({True: "", False: " (unfinished)"})
+    final = final.assign(seed=final["seed"].astype(str) + marks)
+    lines += [to_markdown(final[[*ident, "n", "tasks", "task_entropy"]]) + "\n",
+              _image(figures["tasks"], out, "task composition", "no task column"),
+              "### Lengths\n", _how("prompt / response tokens of the final acquired sets (mean, median)."),
+              to_markdown(final[[*ident, "prompt_tokens_mean", "prompt_tokens_median", "response_tokens_mean",
+                                 "response_tokens_median"]]) + "\n",
+              _image(figures["lengths"], out, "lengths", "no length columns"),
+              "### Scores of acquired examples\n",
+              _how("each uncertainty strategy's own score over the examples it acquired, per round "
+                   "(random sampling has no score)."),
+              _image(figures["scores"], out, "score distributions", "no uncertainty-strategy run has scores"),
+              "### Diversity\n",
+              _how("mean pairwise cosine distance of the initial model's mean-pooled hidden states over a "
+                   "sample of the final labeled set (diversity) and of each round's acquired set (mean over rounds); "
+                   "higher = more varied examples.")]
+    if final["diversity"].notna().any():
+        per_round = summary[summary["scope"] == "round"].groupby("run")["diversity"].mean()
+        table = final.assign(**{"diversity of rounds (mean)": final["run"].map(per_round)})
+        lines.append(to_markdown(table[[*ident, "diversity", "diversity of rounds (mean)"]]) + "\n")
+    else:
+        lines.append("_No `selection` rows in the runs' metrics: diversity was not measured._\n")
+    return lines
+
+
+def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+    """Write the study's report into ``out`` and return the path of ``out/report.md``.
+
+    Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv and the PNGs
+    under ``out/plots/``. ``run_dirs`` may list run directories or folders of them (see ``load_runs``).
+    """
+    runs = load_runs(run_dirs)
+    out = Path(out)
+    plot_dir = out / "plots"
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    for pattern in _OWN_PLOTS:
+        for stale in plot_dir.glob(pattern):
+            stale.unlink()
+
+    long, final = metrics_long(runs), final_long(runs)
+    overlap, summary, cost = overlap_table(runs), selection_summary(runs), cost_table(runs)
+    long.to_csv(out / "metrics.csv", index=False)
+    all_acquired(runs).to_csv(out / "acquired.csv", index=False)
+    overlap.to_csv(out / "overlap.csv", index=False)
+    summary.to_csv(out / "selection.csv", index=False)
+    cost.to_csv(out / "cost.csv", index=False)
+    final.to_csv(out / "final.csv", index=False)
+
+    main = main_metrics(long)
+    curves = plots.plot_learning_curves(main, plot_dir)
+    figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
+               "scores": plots.plot_score_distributions(runs, plot_dir)}
+    intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
+             "every round), final.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; figures in plots/.\n")
+    lines = ["# Active-learning report\n", intro]
+    lines += _runs_section(runs)
+    lines += _final_section(final, plots.plot_final_metrics(final, plot_dir), out)
+    lines += ["## Learning curves\n", _how("each main metric against the number of labeled examples, one line "
+                                           "per strategy and m (mean over seeds, band = ± std).")]
+    lines += [_image(p, out, p.stem, "") for p in curves] or ["_Skipped: no per-round metrics._\n"]
+    lines += _cost_section(cost)
+    lines += _selection_section(runs, summary, overlap_summary(overlap), figures, out)
+    report = out / "report.md"
+    report.write_text("\n".join(lines), encoding="utf-8")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``lightning-al report``; prints where the report is."""
+    parser = argparse.ArgumentParser(
+        prog="lightning-al report",
+        description="Tables, figures and a Markdown report of active-learning runs (computed from their files).",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIRS",
+                        help="run directories (with config.yaml and rounds/) or folders that contain them")
+    parser.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        report = make_report(args.run_dirs, args.out)
+    except (FileNotFoundError, ValueError) as err:
+        parser.exit(1, f"{parser.prog}: error: {err}\n")
+    print(f"Report written to {report} (tables and plots/ beside it)")

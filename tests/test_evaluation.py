@@ -1,0 +1,121 @@
+"""End-of-round evaluation: log-likelihood choices against a naive reference, batched generation
+against one-at-a-time generation, and a run that writes metrics.jsonl and TensorBoard scalars."""
+
+import json
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from lightning_al.cli import main
+from lightning_al.data.batching import CausalLMCollator
+from lightning_al.evaluation.metrics import GroupedAccuracy
+from lightning_al.evaluation.scoring import choice_logprobs
+from lightning_al.model.inference import greedy_generate
+from lightning_al.model.loading import load_causal_lm, load_tokenizer
+from tests.conftest import SHARED, TINY_LLAMA, tiny_run_args
+
+BBH = SHARED / "data" / "bbh"
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    tokenizer = load_tokenizer("char")
+    model = load_causal_lm(None, json.loads(TINY_LLAMA), tokenizer).eval()
+    return model, tokenizer
+
+
+def _left_padded(tokenizer, prompts):
+    rows = [{"input_ids": tokenizer(p)["input_ids"], "index": i} for i, p in enumerate(prompts)]
+    for row in rows:
+        row.update(prompt_length=len(row["input_ids"]), content_start=0, content_end=len(row["input_ids"]))
+    return CausalLMCollator(tokenizer.pad_token_id, padding_side="left", prompt_only=True)(rows)
+
+
+def _naive_logprob(model, prompt_ids, continuation):
+    ids = torch.tensor([prompt_ids + continuation])
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+    return sum(float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(continuation))
+
+
+@pytest.mark.parametrize("continuations", [[" A", " B", " C", " D"], ["A", "B", "C"]], ids=["multi-token", "one-token"])
+def test_choice_logprobs_equal_a_naive_reference(tiny, continuations):
+    model, tokenizer = tiny
+    prompts = ["Q: 2+2?\nA. 3\nB. 4\nC. 5\nD. 6\nAnswer:", "Which?\nA. x\nB. y\nC. z\nAnswer:", "Hi\nAnswer:"]
+    batch = _left_padded(tokenizer, prompts)
+    tokens = [[tokenizer(c, add_special_tokens=False)["input_ids"] for c in continuations] for _ in prompts]
+    got = choice_logprobs(model, batch, tokens)
+    for i, prompt in enumerate(prompts):
+        expected = [_naive_logprob(model, tokenizer(prompt)["input_ids"], t) for t in tokens[i]]
+        torch.testing.assert_close(got[i].double(), torch.tensor(expected, dtype=torch.float64), atol=1e-4, rtol=1e-4)
+
+
+def test_batched_generation_equals_one_at_a_time(tiny):
+    model, tokenizer = tiny
+    prompts = ["abc", "a much longer prompt here", "xy"]
+    batch = _left_padded(tokenizer, prompts)
+    stop = [tokenizer.eos_token_id]
+    batched = greedy_generate(model, tokenizer, batch["input_ids"], batch["attention_mask"], 12, stop)
+    for prompt, text in zip(prompts, batched):
+        single = _left_padded(tokenizer, [prompt])
+        assert greedy_generate(model, tokenizer, single["input_ids"], single["attention_mask"], 12, stop) == [text]
+
+
+def test_grouped_accuracy_macro_and_micro():
+    metric = GroupedAccuracy(["a", "b", "c"])
+    metric.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
+    metric.update(torch.tensor([1.0]), torch.tensor([1]))
+    result = metric.compute()
+    assert result["groups"] == {"a": 0.5, "b": 1.0}  # c has no examples: left out of the macro average
+    assert float(result["macro"]) == 0.75 and float(result["micro"]) == 0.75 and float(result["examples"]) == 4
+
+
+def _write_choices(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+CHOICES = [
+    {"question": "Copy 'ab'", "choices": ["ab", "ba"], "answer": 0, "subject": "strings"},
+    {"question": "Reverse 'ab'", "choices": ["ab", "ba", "aa"], "answer": "B", "subject": "strings"},
+    {"question": "1+1", "choices": ["1", "2", "3", "4"], "answer": 1, "subject": "math"},
+]
+
+
+def test_run_writes_metrics_for_every_evaluation_set(workdir):
+    choices = _write_choices(workdir / "mc.jsonl", CHOICES)
+    evaluations = [
+        {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 8}},
+        {"class_path": "lightning_al.evaluation.BigBenchHard",
+         "init_args": {"path": str(BBH), "tasks": ["boolean_expressions", "navigate"], "max_examples_per_task": 2,
+                       "max_new_tokens": 8}},
+        {"class_path": "lightning_al.evaluation.MultipleChoice",
+         "init_args": {"source": str(choices), "name": "quiz", "num_fewshot": 0}},
+    ]
+    args = tiny_run_args(workdir, **{"data.evaluations": json.dumps(evaluations), "loop.epochs_per_round": 2})
+    main(["fit", *args])
+    run_dir = workdir / "checkpoints" / "tiny"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    by_key = {(r["round"], r["evaluation"]): r for r in rows}
+    assert sorted(by_key) == sorted((r, e) for r in (0, 1) for e in ("heldout", "bbh", "quiz", "cost", "selection"))
+    assert [by_key[(r, "heldout")]["labeled"] for r in (0, 1)] == [20, 40]
+    bbh = by_key[(1, "bbh")]
+    assert bbh["examples"] == 4 and set(bbh) >= {"exact_match", "exact_match_micro", "exact_match/navigate"}
+    quiz = by_key[(1, "quiz")]
+    assert quiz["examples"] == 3 and 0 <= quiz["accuracy"] <= 1 and {"accuracy/math", "accuracy/strings"} <= set(quiz)
+    assert {"loss", "perplexity", "answer_exact_match"} <= set(by_key[(0, "heldout")])
+    cost0, cost1 = by_key[(0, "cost")], by_key[(1, "cost")]
+    assert 0 < cost0["tokens_trained"] < cost1["tokens_trained"] and cost1["eval_seconds"] > 0
+    assert 0 <= by_key[(1, "selection")]["diversity"] <= 2
+    events = EventAccumulator(str(workdir / "lightning_logs" / "tiny")).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("heldout/loss", "bbh/exact_match", "quiz/accuracy", "round/bbh/exact_match", "labeled/quiz/accuracy",
+                "labeled/heldout/answer_exact_match", "bbh/exact_match/boolean_expressions"):
+        assert tag in tags, tag
+    assert [e.step for e in events.Scalars("labeled/heldout/loss")] == [20, 40]
+    # The same evaluation from the last checkpoint, through `validate`.
+    cli = main(["validate", *args, f"--ckpt_path={run_dir / 'last.ckpt'}"])
+    metrics = cli.trainer.callback_metrics
+    assert float(metrics["quiz/examples"]) == 3 and "bbh/exact_match" in metrics
+    assert float(metrics["heldout/loss"]) == pytest.approx(by_key[(1, "heldout")]["loss"], rel=1e-5)
