@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Optional
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -49,6 +50,10 @@ class ActiveLearningCLI(LightningCLI):
         parser.add_argument(
             "--run_name", type=str, default="demo",
             help="Name of the run: outputs go to checkpoints/<run_name> and TensorBoard logs to lightning_logs/<run_name>.",
+        )
+        parser.add_argument(
+            "--study", type=Optional[dict], default=None,
+            help="The grid of `lightning-al study` (strategies, rounds, seeds, name); ignored by fit / validate / test.",
         )
         parser.add_lightning_class_args(ActiveLearningLoop, "loop")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")

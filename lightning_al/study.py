@@ -1,0 +1,140 @@
+"""``lightning-al study``: acquisition strategies × rounds m × seeds, each cell an ordinary fit run.
+
+Cells run one after the other in this process, each in its own run directory
+``checkpoints/<study>/<strategy>-m<m>-s<seed>``. Running the command again skips finished cells
+and resumes an interrupted one from its ``last.ckpt``; ``--cell i`` runs only cell i, so that
+cells can be separate jobs (one per GPU, a cluster array job). The report of every finished
+cell is written to ``reports/<study>`` at the end (or later with ``lightning-al report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from lightning_al.cli import main as fit_main
+from lightning_al.cli import run_dir_of
+
+log = logging.getLogger(__name__)
+
+#: Short names of the built-in strategies; any other value is taken as a class path.
+STRATEGIES = {
+    "random": "lightning_al.strategies.RandomSampling",
+    "entropy": "lightning_al.strategies.EntropySampling",
+    "confidence": "lightning_al.strategies.ConfidenceSampling",
+    "margin": "lightning_al.strategies.MarginSampling",
+    "min_margin": "lightning_al.strategies.MinMarginSampling",
+}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of the grid."""
+
+    strategy: str
+    rounds: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.strategy.rsplit('.', 1)[-1]}-m{self.rounds}-s{self.seed}"
+
+    @property
+    def class_path(self) -> str:
+        return STRATEGIES.get(self.strategy, self.strategy)
+
+
+def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
+    """Every (strategy, m, seed), strategies outermost: a study cut short still has whole strategies."""
+    for strategy in strategies:
+        if strategy not in STRATEGIES and "." not in strategy:
+            raise ValueError(f"study.strategies: unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)} "
+                             "or a class path")
+    if not strategies or not rounds or not seeds:
+        raise ValueError("study: strategies, rounds and seeds must each hold at least one value")
+    if any(m < 1 for m in rounds):
+        raise ValueError(f"study.rounds: every m must be >= 1, got {list(rounds)}")
+    return [Cell(s, m, seed) for s, m, seed in itertools.product(strategies, rounds, seeds)]
+
+
+def cell_status(run_dir: Path, rounds: int) -> str:
+    """``finished`` (metrics of its last round are written), ``interrupted`` (a checkpoint to resume
+    from) or ``new``."""
+    metrics = run_dir / "metrics.jsonl"
+    if metrics.exists():
+        done = {json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()}
+        if rounds - 1 in done:
+            return "finished"
+    return "interrupted" if (run_dir / "last.ckpt").exists() else "new"
+
+
+def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Sequence[str]) -> list[str]:
+    """The ``lightning-al fit`` arguments of a cell."""
+    run_name = f"{study}/{cell.name}"
+    # The cell's own keys come last: they win over the same keys among the overrides.
+    args = ["fit", f"--config={config}", *overrides, f"--run_name={run_name}", f"--loop.strategy={cell.class_path}",
+            f"--loop.rounds={cell.rounds}", f"--seed_everything={cell.seed}"]
+    if status == "interrupted":
+        return [*args, f"--ckpt_path={Path(run_dir_of(run_name)) / 'last.ckpt'}"]
+    # A cell that died before its first checkpoint starts again from scratch.
+    return [*args, "--loop.overwrite=true"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lightning-al study",
+        description="Run a grid of active-learning runs (strategies x rounds x seeds), then report them. "
+        "Arguments after the options (e.g. --trainer.devices=2) go to every `fit`.",
+    )
+    parser.add_argument("--config", required=True, help="A fit config with a `study:` section (the grid).")
+    parser.add_argument("--name", help="Study name: runs go to checkpoints/<name>/ (default: study.name).")
+    parser.add_argument("--strategies", nargs="+", help="Override study.strategies (random, entropy, ...).")
+    parser.add_argument("--rounds", nargs="+", type=int, help="Override study.rounds (the m values).")
+    parser.add_argument("--seeds", nargs="+", type=int, help="Override study.seeds.")
+    parser.add_argument("--cell", type=int, help="Run only this cell (0-based index in --list), e.g. an array job.")
+    parser.add_argument("--list", action="store_true", help="List the cells and their status, run nothing.")
+    parser.add_argument("--report_dir", help="Where the report goes (default: reports/<name>).")
+    parser.add_argument("--no_report", action="store_true", help="Do not write the report at the end.")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> list[Cell]:
+    """Run (or list) the study's cells; returns the cells that ran."""
+    options, overrides = _parser().parse_known_args(argv)
+    if any(not o.startswith("--") for o in overrides):
+        raise SystemExit(f"lightning-al study: unexpected arguments {overrides}; fit overrides look like --key=value")
+    config_path = Path(options.config)
+    if not config_path.is_file():
+        raise SystemExit(f"lightning-al study: config {config_path} not found")
+    spec = (yaml.safe_load(config_path.read_text()) or {}).get("study") or {}
+    name = options.name or spec.get("name") or config_path.stem
+    cells = grid(options.strategies or spec.get("strategies", ["random"]), options.rounds or spec.get("rounds", [1]),
+                 options.seeds or spec.get("seeds", [0]))
+    statuses = [cell_status(Path(run_dir_of(f"{name}/{c.name}")), c.rounds) for c in cells]
+    for i, (cell, status) in enumerate(zip(cells, statuses)):
+        print(f"[{i}] {name}/{cell.name}: {status}")
+    if options.list:
+        return []
+    if options.cell is not None and not 0 <= options.cell < len(cells):
+        raise SystemExit(f"lightning-al study: --cell {options.cell} is not in 0..{len(cells) - 1}")
+    chosen = [options.cell] if options.cell is not None else range(len(cells))
+    ran = []
+    for i in chosen:
+        if statuses[i] == "finished":
+            continue
+        print(f"== Study {name}: cell {i + 1}/{len(cells)} {cells[i].name} ({statuses[i]})")
+        fit_main(cell_args(str(config_path), name, cells[i], statuses[i], overrides))
+        ran.append(cells[i])
+    if options.cell is None and not options.no_report:
+        from lightning_al.report.command import make_report
+
+        report = make_report([run_dir_of(name)], options.report_dir or str(Path("reports") / name))
+        print(f"Report: {report}")
+    return ran

@@ -1,0 +1,79 @@
+"""The study command: a 2 strategies x 2 m grid on the tiny setup, killed mid-cell and run again,
+then the report computed from the run directories."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+
+from lightning_al.study import main as study
+from tests.conftest import REPO, tiny_run_args
+from tests.helpers import read_rounds
+
+CONFIG = "study:\n  name: mini\n  strategies: [random, entropy]\n  rounds: [1, 2]\n  seeds: [3]\n"
+
+
+def _ids(run_dir):
+    return {row["id"] for rows in read_rounds(run_dir).values() for row in rows}
+
+
+def test_study_resumes_after_a_kill_and_reports(workdir):
+    (workdir / "study.yaml").write_text(CONFIG)
+    overrides = [a for a in tiny_run_args(workdir, **{"loop.epochs_per_round": 3})
+                 if not a.startswith(("--run_name", "--seed_everything"))]
+    command = [sys.executable, "-m", "lightning_al", "study", "--config=study.yaml", "--no_report", *overrides]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    second = workdir / "checkpoints" / "mini" / "random-m2-s3"
+    deadline = time.time() + 300
+    while not (second / "last.ckpt").exists():  # killed in the middle of the second cell
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "the second cell never wrote a checkpoint"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    first = workdir / "checkpoints" / "mini" / "random-m1-s3"
+    assert (first / "metrics.jsonl").exists() and not (second / "metrics.jsonl").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in [*first.rglob("*.jsonl"), second / "rounds" / "round_0.jsonl"]}
+
+    ran = study(["--config=study.yaml", "--report_dir=report", *overrides])
+    assert [c.name for c in ran] == ["random-m2-s3", "entropy-m1-s3", "entropy-m2-s3"]
+    # The finished cell is untouched; the interrupted one resumed (its round 0 is not acquired again).
+    assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
+    runs = {c: workdir / "checkpoints" / "mini" / c for c in ("random-m1-s3", "random-m2-s3", "entropy-m1-s3",
+                                                               "entropy-m2-s3")}
+    for name, run_dir in runs.items():
+        m = int(name.split("-m")[1][0])
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert sorted({r["round"] for r in rows}) == list(range(m)) and len(_ids(run_dir)) == 40
+    assert study(["--config=study.yaml", "--no_report", *overrides]) == []  # nothing left to do
+
+    report = workdir / "report"
+    text = (report / "report.md").read_text()
+    for cell in ("random", "entropy"):
+        assert f"| {cell} |" in text
+    for name in ("metrics.csv", "acquired.csv", "overlap.csv", "selection.csv", "cost.csv", "final.csv",
+                 "plots/final_metrics.png", "plots/task_composition.png", "plots/score_distributions.png",
+                 "plots/lengths.png", "plots/curve_heldout_loss.png"):
+        assert (report / name).stat().st_size > 0, name
+    final = pd.read_csv(report / "final.csv")
+    assert len(final[(final["evaluation"] == "heldout") & (final["metric"] == "loss")]) == 4  # 2 strategies x 2 m
+    overlap = pd.read_csv(report / "overlap.csv")
+    ids = {name: _ids(run_dir) for name, run_dir in runs.items()}
+
+    def jaccard(a, b):
+        return len(ids[a] & ids[b]) / len(ids[a] | ids[b])
+
+    expected = {("random-m1-s3", "random-m2-s3"), ("entropy-m1-s3", "entropy-m2-s3"),
+                ("random-m1-s3", "entropy-m1-s3"), ("random-m2-s3", "entropy-m2-s3")}
+    got = {}
+    for row in overlap.itertuples():
+        a, b = row.run_a.rsplit("/", 1)[-1], row.run_b.rsplit("/", 1)[-1]
+        got[tuple(sorted((a, b), key=list(runs).index))] = row.jaccard
+    assert set(got) == expected
+    for a, b in expected:
+        assert abs(got[(a, b)] - jaccard(a, b)) < 1e-12
