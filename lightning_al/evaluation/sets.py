@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
+from torchmetrics import MeanMetric
 
 from lightning_al.data.batching import CausalLMCollator, length_sorted
 from lightning_al.data.formatting import prompt_text
@@ -79,7 +80,9 @@ class Evaluation(abc.ABC):
 
 
 class _GenerativeEvaluation(Evaluation):
-    """Greedy generation, then exact match of the extracted answer."""
+    """Greedy generation, then exact match of the extracted answer. Also logs ``<name>/answered``,
+    the fraction of generations with an answer to extract: a low score with few answers is a
+    format failure (no "the answer is" within ``max_new_tokens``), not wrong answers."""
 
     metric_name = "exact_match"
     stop_strings: Sequence[str] = ()
@@ -87,16 +90,30 @@ class _GenerativeEvaluation(Evaluation):
     def __init__(self, name: str, max_new_tokens: int) -> None:
         super().__init__(name)
         self.max_new_tokens = max_new_tokens
+        self.answered = MeanMetric()
 
     def correct(self, module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         texts = greedy_generate(module.model, module.tokenizer, batch["input_ids"], batch["attention_mask"],
                                 self.max_new_tokens, module.stop_token_ids, self.stop_strings)
         rows = [self.rows[i] for i in batch["index"].tolist()]
-        return torch.tensor([float(self.is_correct(truncate_at_stop(t, self.stop_strings), r))
-                             for t, r in zip(texts, rows)])
+        predictions = [self.prediction(truncate_at_stop(t, self.stop_strings), r) for t, r in zip(texts, rows)]
+        self.answered.to(batch["input_ids"].device)
+        self.answered.update(torch.tensor([float(p is not None) for p in predictions]))
+        return torch.tensor([float(exact_match(p, self.target(r))) for p, r in zip(predictions, rows)])
+
+    def compute(self) -> dict[str, float]:
+        results = super().compute()
+        results[f"{self.name}/answered"] = float(self.answered.compute())
+        self.answered.reset()
+        return results
 
     @abc.abstractmethod
-    def is_correct(self, generated: str, row: dict[str, Any]) -> bool: ...
+    def prediction(self, generated: str, row: dict[str, Any]) -> str | None:
+        """The answer in a generation (None: no answer found)."""
+
+    @abc.abstractmethod
+    def target(self, row: dict[str, Any]) -> str:
+        """The reference answer."""
 
 
 class HeldOutAnswers(_GenerativeEvaluation):
@@ -134,8 +151,11 @@ class HeldOutAnswers(_GenerativeEvaluation):
             raise ValueError(f"evaluation {self.name!r}: the held-out split is empty; set data.validation_size > 0")
         self._finish_prepare(tasks)
 
-    def is_correct(self, generated: str, row: dict[str, Any]) -> bool:
-        return exact_match(answer_of(generated, row["target"]), reference_answer(row["target"]))
+    def prediction(self, generated: str, row: dict[str, Any]) -> str | None:
+        return answer_of(generated, row["target"])
+
+    def target(self, row: dict[str, Any]) -> str:
+        return reference_answer(row["target"])
 
 
 class BigBenchHard(_GenerativeEvaluation):
@@ -180,8 +200,11 @@ class BigBenchHard(_GenerativeEvaluation):
             self.rows.append({"input_ids": ids, "group": tasks.index(ex["task"]), "target": ex["target"]})
         self._finish_prepare(tasks)
 
-    def is_correct(self, generated: str, row: dict[str, Any]) -> bool:
-        return exact_match(extract_answer(generated), row["target"])
+    def prediction(self, generated: str, row: dict[str, Any]) -> str | None:
+        return extract_answer(generated)
+
+    def target(self, row: dict[str, Any]) -> str:
+        return row["target"]
 
 
 class MultipleChoice(Evaluation):
