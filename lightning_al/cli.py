@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 from jsonargparse import Namespace
 from lightning.pytorch.callbacks import ModelCheckpoint
@@ -52,7 +51,7 @@ class ActiveLearningCLI(LightningCLI):
             help="Name of the run: outputs go to checkpoints/<run_name> and TensorBoard logs to lightning_logs/<run_name>.",
         )
         parser.add_argument(
-            "--study", type=Optional[dict], default=None,
+            "--study", type=dict | None, default=None,
             help="The grid of `lightning-al study` (strategies, rounds, seeds, name); ignored by fit / validate / test.",
         )
         parser.add_lightning_class_args(ActiveLearningLoop, "loop")
@@ -106,7 +105,7 @@ def entry_point() -> None:
 
         report(args[1:])
     else:
-        main(args)
+        main()  # LightningCLI reads sys.argv itself
 
 
 if __name__ == "__main__":

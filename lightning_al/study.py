@@ -10,9 +10,10 @@ cell is written to ``reports/<study>`` at the end (or later with ``lightning-al 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
-import logging
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,6 @@ import yaml
 
 from lightning_al.cli import main as fit_main
 from lightning_al.cli import run_dir_of
-
-log = logging.getLogger(__name__)
 
 #: Short names of the built-in strategies; any other value is taken as a class path.
 STRATEGIES = {
@@ -87,6 +86,17 @@ def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Seque
     return [*args, "--loop.overwrite=true"]
 
 
+@contextlib.contextmanager
+def _own_argv():
+    # LightningCLI warns when given args while sys.argv holds others (the study's own).
+    saved = sys.argv
+    sys.argv = saved[:1]
+    try:
+        yield
+    finally:
+        sys.argv = saved
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lightning-al study",
@@ -130,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> list[Cell]:
         if statuses[i] == "finished":
             continue
         print(f"== Study {name}: cell {i + 1}/{len(cells)} {cells[i].name} ({statuses[i]})")
-        fit_main(cell_args(str(config_path), name, cells[i], statuses[i], overrides))
+        with _own_argv():
+            fit_main(cell_args(str(config_path), name, cells[i], statuses[i], overrides))
         ran.append(cells[i])
     if options.cell is None and not options.no_report:
         from lightning_al.report.command import make_report

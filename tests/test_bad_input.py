@@ -1,6 +1,7 @@
 """Impossible configurations and bad data fail with an error that names the key / file / row,
 before the model is loaded."""
 
+import json
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 import lightning_al.model.module as module
 from lightning_al.cli import main
 from lightning_al.data.sources import DataValidationError
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import REPO, SHARED, tiny_run_args
 
 
 @pytest.fixture
@@ -75,17 +76,46 @@ def test_empty_response_names_the_row(workdir, no_model_load):
     assert "pool.jsonl" in str(info.value)
 
 
+def _with_evaluation(workdir, class_name, **init_args):
+    evaluation = {"class_path": f"lightning_al.evaluation.{class_name}", "init_args": init_args}
+    return tiny_run_args(workdir, **{"data.evaluations": json.dumps([evaluation])})
+
+
+@pytest.mark.parametrize("init_args, message", [
+    ({"path": "no/such/bbh"}, r"no/such/bbh"),
+    ({"path": str(SHARED / "data" / "bbh"), "tasks": ["boolean_expressions", "no_such_task"]}, r"no_such_task"),
+])
+def test_bad_bbh_folder_or_task(workdir, no_model_load, init_args, message):
+    with pytest.raises((FileNotFoundError, ValueError), match=message):
+        main(["fit", *_with_evaluation(workdir, "BigBenchHard", **init_args)])
+
+
+def test_choice_label_not_among_the_choices_names_file_and_row(workdir, no_model_load):
+    path = workdir / "quiz.jsonl"
+    path.write_text('{"question": "q1", "choices": ["a", "b"], "answer": 1}\n'
+                    '{"question": "q2", "choices": ["a", "b", "c", "d"], "answer": "E"}\n')
+    with pytest.raises(ValueError, match=r"quiz\.jsonl.*row 1.*'E'"):
+        main(["fit", *_with_evaluation(workdir, "MultipleChoice", source=str(path), num_fewshot=0)])
+
+
+def test_empty_evaluation_set(workdir, no_model_load):
+    args = [*_with_evaluation(workdir, "HeldOutAnswers"), "--data.validation_size=0"]
+    with pytest.raises(ValueError, match=r"'heldout'.*empty"):
+        main(["fit", *args])
+
+
 def test_fresh_run_does_not_overwrite_an_earlier_one(workdir):
     main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 1, "loop.epochs_per_round": 1})])
     with pytest.raises(FileExistsError, match="--ckpt_path last"):
         main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 1, "loop.epochs_per_round": 1})])
 
 
-def test_reference_config_prints_offline():
+@pytest.mark.parametrize("config", ["llama-3.2-1b-instruct.yaml", "study-llama-3.2-1b.yaml"])
+def test_reference_config_prints_offline(config):
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_al", "fit", "--config", "configs/llama-3.2-1b-instruct.yaml", "--print_config"],
+        [sys.executable, "-m", "lightning_al", "fit", "--config", f"configs/{config}", "--print_config"],
         cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "meta-llama/Llama-3.2-1B-Instruct" in result.stdout
-    assert "budget: 50000" in result.stdout and "rounds: 2" in result.stdout
+    assert "budget: 50000" in result.stdout and "rounds: 2" in result.stdout and "cais/mmlu" in result.stdout

@@ -112,6 +112,14 @@ def test_small_folder(tmp_path):
     assert row == {"task": "toy", "index": 0, "input": "2 + 2", "target": "4", "cot_prompt": cot_prompt}
 
 
+def test_clone_of_the_bbh_repository(tmp_path):
+    """github.com/suzgunmirac/BIG-Bench-Hard keeps its task files in bbh/."""
+    write_task(tmp_path, "toy", [{"input": "2 + 2", "target": "4"}])
+    (tmp_path / "tasks").rename(tmp_path / "bbh")
+    assert list_bbh_tasks(tmp_path) == ["toy"]
+    assert [row["target"] for row in load_bbh(tmp_path)] == ["4"]
+
+
 def test_missing_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"nowhere.*tasks/<task>\.json"):
         load_bbh(tmp_path / "nowhere")

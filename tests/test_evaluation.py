@@ -63,12 +63,22 @@ def test_batched_generation_equals_one_at_a_time(tiny):
 
 
 def test_grouped_accuracy_macro_and_micro():
-    metric = GroupedAccuracy(["a", "b", "c"])
-    metric.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 0, 1]))
-    metric.update(torch.tensor([1.0]), torch.tensor([1]))
+    metric = GroupedAccuracy(["a", "b", "c"], example_groups=[0, 0, 1, 1, 2])
+    metric.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([0, 1, 2]))
+    metric.update(torch.tensor([1.0]), torch.tensor([3]))
     result = metric.compute()
     assert result["groups"] == {"a": 0.5, "b": 1.0}  # c has no examples: left out of the macro average
     assert float(result["macro"]) == 0.75 and float(result["micro"]) == 0.75 and float(result["examples"]) == 4
+
+
+def test_grouped_accuracy_counts_an_example_repeated_on_two_ranks_once():
+    """DDP pads a rank's shard with repeated examples; merging the ranks' states must not count them twice."""
+    rank0, rank1 = (GroupedAccuracy(["a"], example_groups=[0, 0, 0]) for _ in range(2))
+    rank0.update(torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
+    rank1.update(torch.tensor([0.0, 1.0]), torch.tensor([2, 0]))  # example 0 again (the padding)
+    rank0.merge_state(rank1)
+    result = rank0.compute()
+    assert float(result["examples"]) == 3 and float(result["micro"]) == pytest.approx(1 / 3)
 
 
 def _write_choices(path, rows):

@@ -6,6 +6,8 @@ Chain-of-Thought Can Solve Them", as the public harnesses do. A BBH folder holds
     tasks/<task>.json         {"canary": ..., "examples": [{"input": ..., "target": ...}, ...]}
     cot-prompts/<task>.txt    a canary line, a "-----" line, the task description and 3 exemplars
 
+A clone of github.com/suzgunmirac/BIG-Bench-Hard works as it is: there the task files are in ``bbh/``.
+
 The prompt for one question is the task's exemplars followed by
 ``"\\n\\nQ: " + input + "\\nA: Let's think step by step."``; the model continues
 with its reasoning and "So the answer is ...". Generation stops at
@@ -30,7 +32,12 @@ COT_TRIGGER = "Let's think step by step."
 BBH_STOP_STRINGS = ("Q:", "\n\n")
 
 _SEPARATOR = "-----"
-_LAYOUT = "tasks/<task>.json and cot-prompts/<task>.txt"
+_LAYOUT = "tasks/<task>.json (or bbh/<task>.json) and cot-prompts/<task>.txt"
+
+
+def _task_dir(folder: Path) -> Path:
+    """``tasks/``, or ``bbh/`` in a clone of the BIG-Bench-Hard repository."""
+    return folder / "bbh" if not (folder / "tasks").is_dir() and (folder / "bbh").is_dir() else folder / "tasks"
 
 
 def list_bbh_tasks(folder: str | Path) -> list[str]:
@@ -43,7 +50,7 @@ def list_bbh_tasks(folder: str | Path) -> list[str]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: BBH folder not found; expected {_LAYOUT} inside it")
     prompts = folder / "cot-prompts"
-    tasks = sorted(path.stem for path in (folder / "tasks").glob("*.json") if (prompts / f"{path.stem}.txt").is_file())
+    tasks = sorted(path.stem for path in _task_dir(folder).glob("*.json") if (prompts / f"{path.stem}.txt").is_file())
     if not tasks:
         raise FileNotFoundError(f"{folder}: no BBH task found; expected {_LAYOUT} inside it")
     return tasks
@@ -126,7 +133,7 @@ def load_bbh(
         raise ValueError(f"max_examples_per_task must be a positive number or None, got {max_examples_per_task!r}")
     rows = []
     for task in selected:
-        examples = _read_examples(Path(folder) / "tasks" / f"{task}.json")
+        examples = _read_examples(_task_dir(Path(folder)) / f"{task}.json")
         cot_prompt = load_cot_prompt(folder, task)
         for index in _subset(len(examples), max_examples_per_task, seed, task):
             example = examples[index]

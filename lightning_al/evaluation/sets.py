@@ -53,7 +53,7 @@ class Evaluation(abc.ABC):
             raise ValueError(f"evaluation {self.name!r}: the evaluation set is empty")
         for i, row in enumerate(self.rows):
             row.update(index=i, prompt_length=len(row["input_ids"]), content_start=0, content_end=len(row["input_ids"]))
-        self.metric = GroupedAccuracy(groups)
+        self.metric = GroupedAccuracy(groups, [row["group"] for row in self.rows])
 
     def dataloader(self, batch_size: int, num_workers: int, pad_token_id: int) -> DataLoader:
         # Longest prompts first: batches of similar lengths, and an out-of-memory error shows up at once.
@@ -65,8 +65,7 @@ class Evaluation(abc.ABC):
 
     def update(self, module, batch: dict[str, torch.Tensor]) -> None:
         self.metric.to(batch["input_ids"].device)
-        groups = torch.tensor([self.rows[i]["group"] for i in batch["index"].tolist()])
-        self.metric.update(self.correct(module, batch), groups)
+        self.metric.update(self.correct(module, batch), batch["index"])
 
     def compute(self) -> dict[str, float]:
         """Metrics of the examples seen since the last call (synced across processes), then reset."""
@@ -163,7 +162,8 @@ class BigBenchHard(_GenerativeEvaluation):
     next "Q:" or a blank line; exact match of the answer after "the answer is".
 
     Args:
-        path: Folder with ``tasks/<task>.json`` and ``cot-prompts/<task>.txt`` (the BIG-Bench-Hard repository layout).
+        path: Folder with ``tasks/<task>.json`` and ``cot-prompts/<task>.txt``, or a clone of
+            github.com/suzgunmirac/BIG-Bench-Hard (task files in ``bbh/``).
         tasks: Task names (default: all tasks in the folder).
         max_examples_per_task: A fixed, seeded sample per task (None: all), to keep rounds fast.
         max_new_tokens: Generation length limit of the chain of thought.

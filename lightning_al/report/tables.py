@@ -45,7 +45,9 @@ def metrics_long(runs: Sequence[Run]) -> pd.DataFrame:
 
 def main_metrics(long: pd.DataFrame) -> pd.DataFrame:
     """Rows of the main metrics only, with a ``key`` column ``<evaluation>/<metric>``."""
-    keep = ~long["evaluation"].isin(NON_QUALITY) & ~long["metric"].str.contains("/", regex=False)
+    # Per-task / per-subject keys ("exact_match/navigate") and example counts are not main metrics.
+    keep = (~long["evaluation"].isin(NON_QUALITY) & ~long["metric"].str.contains("/", regex=False)
+            & (long["metric"] != "examples"))
     out = long[keep].copy()
     out["key"] = out["evaluation"] + "/" + out["metric"]
     return out
