@@ -2,6 +2,7 @@
 against one-at-a-time generation, and a run that writes metrics.jsonl and TensorBoard scalars."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,11 +10,12 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_al.cli import main
 from lightning_al.data.batching import CausalLMCollator
+from lightning_al.evaluation import MultipleChoice
 from lightning_al.evaluation.metrics import GroupedAccuracy
 from lightning_al.evaluation.scoring import choice_logprobs
 from lightning_al.model.inference import greedy_generate
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
-from tests.conftest import SHARED, TINY_LLAMA, tiny_run_args
+from tests.conftest import REPO, SHARED, TINY_LLAMA, tiny_run_args
 
 BBH = SHARED / "data" / "bbh"
 
@@ -93,6 +95,23 @@ CHOICES = [
 ]
 
 
+def test_multiple_choice_accuracy_equals_a_naive_reference(tiny, tmp_path):
+    model, tokenizer = tiny
+    rows = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4}
+            for i in range(10)]
+    evaluation = MultipleChoice(source=str(_write_choices(tmp_path / "mc.jsonl", rows)), num_fewshot=0)
+    evaluation.prepare(SimpleNamespace(tokenizer=tokenizer))
+    module = SimpleNamespace(model=model)
+    got = {}
+    for batch in evaluation.dataloader(4, 0, tokenizer.pad_token_id):
+        got.update(zip(batch["index"].tolist(), evaluation.correct(module, batch).tolist()))
+    expected = {}
+    for i, row in enumerate(evaluation.rows):
+        scores = [_naive_logprob(model, row["input_ids"], c) for c in row["continuations"]]
+        expected[i] = float(scores.index(max(scores)) == row["answer"])
+    assert got == expected
+
+
 def test_run_writes_metrics_for_every_evaluation_set(workdir):
     choices = _write_choices(workdir / "mc.jsonl", CHOICES)
     evaluations = [
@@ -129,3 +148,15 @@ def test_run_writes_metrics_for_every_evaluation_set(workdir):
     metrics = cli.trainer.callback_metrics
     assert float(metrics["quiz/examples"]) == 3 and "bbh/exact_match" in metrics
     assert float(metrics["heldout/loss"]) == pytest.approx(by_key[(1, "heldout")]["loss"], rel=1e-5)
+
+
+def test_demo_config_writes_metrics_and_tensorboard(workdir):
+    """The embedded demo (shortened): per-round metrics.jsonl rows and TensorBoard scalars."""
+    main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--loop.epochs_per_round=1",
+          "--trainer.enable_progress_bar=false", f"--data.cache_dir={workdir}"])
+    rows = [json.loads(line) for line in (workdir / "checkpoints" / "demo" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["round"], r["evaluation"]) for r in rows] == [
+        (r, e) for r in (0, 1) for e in ("heldout", "cost", "selection")]
+    assert all(0 <= r["answer_exact_match"] <= 1 and r["examples"] == 100 for r in rows if r["evaluation"] == "heldout")
+    tags = set(EventAccumulator(str(workdir / "lightning_logs" / "demo")).Reload().Tags()["scalars"])
+    assert {"heldout/loss", "heldout/answer_exact_match", "labeled/heldout/answer_exact_match"} <= tags
