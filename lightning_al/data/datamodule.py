@@ -49,7 +49,8 @@ class ActiveLearningDataModule(LightningDataModule):
         cache_dir: Folder for the tokenized-pool cache (default: the datasets cache folder).
         evaluations: Evaluation sets run at the end of every round, after the held-out loss /
             perplexity (``class_path`` of ``lightning_al.evaluation.HeldOutAnswers``,
-            ``BigBenchHard``, ``MultipleChoice``). Default: answer exact match on the held-out split.
+            ``BigBenchHard``, ``MultipleChoice``). Default: answer exact match on the held-out split
+            (none when ``validation_size`` is 0).
             ``[]`` keeps only the held-out loss.
     """
 
@@ -84,6 +85,7 @@ class ActiveLearningDataModule(LightningDataModule):
         self.train_latest_round_only = False
         #: Seed of the training order; the loop sets it from the run's seed.
         self.seed = 0
+        self._default_evaluations = evaluations is None
         self.evaluations = [HeldOutAnswers()] if evaluations is None else list(evaluations)
         #: The full evaluation runs in the validation of every n-th epoch (the loop sets its round length).
         self.evaluate_every_n_epochs = 1
@@ -131,6 +133,8 @@ class ActiveLearningDataModule(LightningDataModule):
         self.held_out[rng.permutation(n)[:n_val]] = True
         self.acquired_round = np.full(n, UNLABELED, dtype=np.int64)
         self._log_pool_summary()
+        if self._default_evaluations and not self.held_out.any():
+            self.evaluations = []  # the default held-out answers need a held-out split; a configured one fails
         for evaluation in self.evaluations:
             evaluation.prepare(self)
             rank_zero_info(f"Evaluation set {evaluation.name!r}: {len(evaluation.rows)} examples")
