@@ -24,7 +24,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.evaluation.diversity import initial_model_embeddings, mean_pairwise_cosine_distance
 from lightning_al.scoring.pool import score_pool
-from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes
+from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes, strategy_from_name
 
 RetrainingPolicy = Literal["scratch", "continue", "incremental"]
 
@@ -40,7 +40,9 @@ class ActiveLearningLoop(Callback):
     Args:
         budget: Total number of examples to annotate (B). Round r acquires floor(B/m), plus one for r < B mod m.
         rounds: Number of acquisition / retraining rounds (m >= 1). Round 0 uses the initial model.
-        strategy: Acquisition strategy (``class_path`` from ``lightning_al.strategies``).
+        strategy: Acquisition strategy: a short name (random, entropy, confidence, margin, min_margin,
+            max_entropy, kcenter, facility, power-entropy, softmax-confidence, task-balanced, ...; see
+            ``lightning_al.strategies.REGISTRY``) or a ``class_path`` from ``lightning_al.strategies``.
         retraining: ``scratch``: reset the adapter, optimizer and scheduler, then train on all labels;
             ``continue``: keep the adapter, train on all labels; ``incremental``: keep the adapter,
             train on the newest round only. Optimizer and scheduler are new every round in all policies.
@@ -56,7 +58,7 @@ class ActiveLearningLoop(Callback):
         self,
         budget: int,
         rounds: int = 1,
-        strategy: AcquisitionStrategy | None = None,
+        strategy: AcquisitionStrategy | str | None = None,
         retraining: RetrainingPolicy = "scratch",
         epochs_per_round: int = 1,
         run_dir: str = "checkpoints/run",
@@ -71,6 +73,8 @@ class ActiveLearningLoop(Callback):
         self.sizes = round_sizes(budget, rounds)
         self.budget = budget
         self.rounds = rounds
+        if isinstance(strategy, str):
+            strategy = strategy_from_name(strategy)
         self.strategy = strategy if strategy is not None else RandomSampling()
         self.retraining = retraining
         self.epochs_per_round = epochs_per_round
@@ -160,7 +164,11 @@ class ActiveLearningLoop(Callback):
             self.cost["scoring_passes"] += 1
             self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
         rng = np.random.default_rng([self.seed, round])
-        chosen = self.strategy.select(candidates, scores.get(self.strategy.score), self.sizes[round], rng)
+        inputs = {"tasks": dm.tasks[candidates]} if self.strategy.needs_tasks else {}
+        if self.strategy.needs_embeddings and inputs.get("embeddings") is None:
+            raise RuntimeError(f"loop.strategy {self.strategy!r} needs prompt embeddings, which this loop does not "
+                               "compute yet; use a score-based strategy")
+        chosen = self.strategy.select(candidates, scores.get(self.strategy.score), self.sizes[round], rng, **inputs)
         dm.acquire(chosen, round)
         self.round = round
         position = np.searchsorted(candidates, chosen)
