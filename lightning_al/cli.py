@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 
 from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.loop import ActiveLearningLoop
-from lightning_al.model.loading import CHAR_TOKENIZER
+from lightning_al.model.loading import CHAR_TOKENIZER, check_pretrained
 from lightning_al.model.module import LoRALanguageModel
 from lightning_al.scoring.writer import ScoreWriter
 
@@ -72,6 +72,11 @@ class ActiveLearningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand] if self.subcommand else self.config
+        # A missing model folder or unknown hub id fails here, before the pool is loaded and tokenized.
+        if config.model.pretrained:
+            check_pretrained(config.model.pretrained, "model.pretrained", "model")
+        if config.model.tokenizer:
+            check_pretrained(config.model.tokenizer, "model.tokenizer", "tokenizer")
         if config.trainer.logger in (None, True):
             # A fixed folder per run name (no version_N), so a resumed run keeps writing to the same curves.
             config.trainer.logger = Namespace(

@@ -21,12 +21,12 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     make(tmp_path)
     assert list((tmp_path / "lightning_al").glob("tokenized-*.arrow"))
     calls = []
-    original = formatting.tokenize_example
-    monkeypatch.setattr("lightning_al.data.datamodule.tokenize_example",
+    original = formatting.tokenize_batch
+    monkeypatch.setattr("lightning_al.data.datamodule.tokenize_batch",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     make(tmp_path)
     assert calls == [], "a second setup tokenized the pool again"
-    make(tmp_path, max_length=48)  # another setting: a new cache entry
+    make(tmp_path, max_length=48, max_truncated_fraction=1.0)  # another setting: a new cache entry
     assert calls
 
 
@@ -44,7 +44,7 @@ def test_split_is_fixed_by_split_seed_and_state_round_trips(tmp_path):
 
 
 def test_length_grouped_batches_have_little_padding(tmp_path):
-    dm = make(tmp_path, pool=SyntheticTasks(num_examples=400, min_length=1, max_length=30), batch_size=8)
+    dm = make(tmp_path, pool=SyntheticTasks(num_examples=400, min_length=1, max_length=30), batch_size=8, max_length=128)
     dm.acquire(dm.unlabeled_indices(), 0)
     real = padded = 0
     for batch in dm.train_dataloader():
@@ -55,7 +55,8 @@ def test_length_grouped_batches_have_little_padding(tmp_path):
 
 @pytest.mark.skipif(not (SHARED / "data" / "flan_v2_cot").exists(), reason="needs ../shared/data")
 def test_flan_cot_pool_truncation_is_counted(tmp_path):
-    dm = make(tmp_path, pool=FlanCoT(path=str(SHARED / "data" / "flan_v2_cot" / "qasc_train.tsv")), max_length=128)
+    dm = make(tmp_path, pool=FlanCoT(path=str(SHARED / "data" / "flan_v2_cot" / "qasc_train.tsv")), max_length=128,
+              max_truncated_fraction=1.0)  # most are cut at 128 characters: accepted here, counted below
     truncated = np.asarray(dm.pool["truncated"])
     lengths = dm.prompt_lengths + dm.response_lengths
     assert truncated.any() and (lengths <= 128).all()

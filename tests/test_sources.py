@@ -308,3 +308,42 @@ def test_hub_dataset_on_local_folder_with_messages(tmp_path):
     assert set(HubDataset(name=str(folder)).load()["task"]) == {"my_ds"}
     with pytest.raises(DataValidationError, match=r"my_ds\[train\]: fields\.prompt -> 'question'"):
         HubDataset(name=str(folder), fields={"prompt": "question"}).load()
+
+
+# --- malformed lines -------------------------------------------------------------------------
+
+
+def test_local_file_malformed_json_line_names_file_and_line_and_can_be_dropped(tmp_path, caplog):
+    path = tmp_path / "broken.jsonl"
+    path.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "c", "response": \n[1, 2]\n{"prompt": "d", "response": "e"}\n')
+    with pytest.raises(DataValidationError, match=r"broken\.jsonl: row 1 \(line 3\): not valid JSON"):
+        LocalFile(str(path)).load()
+    with caplog.at_level(logging.WARNING):
+        pool = LocalFile(str(path), drop_invalid=True).load()
+    assert pool["prompt"] == ["a", "d"]
+    assert "dropped 2 of 4 rows" in caplog.text and "not valid JSON" in caplog.text and "not a JSON object" in caplog.text
+
+
+@pytest.mark.parametrize("suffix, sep", [(".csv", ","), (".tsv", "\t")])
+def test_local_file_csv_line_with_wrong_field_count(tmp_path, caplog, suffix, sep):
+    path = tmp_path / f"table{suffix}"
+    lines = ["prompt", "response"], ["a", "b"], ["c", "d", "extra"], ['"multi\nline"', "f"], ["g", "h"]
+    path.write_text("".join(sep.join(line) + "\n" for line in lines))
+    with pytest.raises(DataValidationError, match=rf"table\{suffix}: row 1 \(line 3\): expected 2 fields .*found 3"):
+        LocalFile(str(path)).load()
+    with caplog.at_level(logging.WARNING):
+        pool = LocalFile(str(path), drop_invalid=True).load()
+    assert pool["prompt"] == ["a", "multi\nline", "g"] and "dropped 1 of 4 rows" in caplog.text
+    # The row after a quoted two-line field is reported on its own line.
+    path.write_text(path.read_text().replace(sep + "extra", "").replace("g" + sep + "h", "g"))
+    with pytest.raises(DataValidationError, match=r"row 3 \(line 6\)"):
+        LocalFile(str(path)).load()
+
+
+def test_local_json_array_file_with_a_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "rows.json"
+    path.write_text('[\n {"prompt": "a", "response": "b"},\n {"prompt": "c" "response": "d"}\n]\n')
+    with pytest.raises(DataValidationError, match=r"rows\.json: line 3, column \d+: not valid JSON"):
+        LocalFile(str(path)).load()
+    path.write_text('[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]')
+    assert LocalFile(str(path)).load()["response"] == ["b", "d"]

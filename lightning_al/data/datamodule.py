@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from functools import cached_property
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
 from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, length_sorted
-from lightning_al.data.formatting import tokenize_example
+from lightning_al.data.formatting import tokenize_batch
 from lightning_al.data.sources import PoolSource, SyntheticTasks
 from lightning_al.evaluation.sets import Evaluation, HeldOutAnswers
 from lightning_al.model.loading import CHAR_TOKENIZER, load_tokenizer
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 UNLABELED = -1
 _FORMAT_VERSION = "3"  # bump when tokenize_example changes, to invalidate old caches
+_TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
 
 
 class ActiveLearningDataModule(LightningDataModule):
@@ -38,15 +40,25 @@ class ActiveLearningDataModule(LightningDataModule):
         tokenizer: Hub id or local folder of the tokenizer, or ``"char"`` for the built-in
             character-level one. Linked from ``model.tokenizer`` by the CLI.
         validation_size: Held-out examples never acquired: a count (int >= 1) or a fraction of the pool.
-        max_pool_size: Use a seeded random subset of this many pool examples (None: all).
+        max_pool_size: Use a seeded random subset of this many pool examples (None: all). The subset is
+            taken before tokenization, so a small study over a large pool tokenizes only what it uses.
         split_seed: Seed of the pool subset and the held-out split. Kept apart from the run's seed so
             that every run of a study sees the same pool and the same held-out set.
         max_length: Maximum tokens of prompt + response; longer examples are truncated (counted and logged).
         max_prompt_length: Maximum prompt tokens (the prompt's end is kept). Default: 3/4 of max_length.
+        max_truncated_fraction: Fail before training when more than this fraction of the pool would be
+            truncated (checked on a sample before tokenizing, then on the whole pool): such a pool
+            trains on cut examples, which is nearly always a max_length set for another dataset.
+            1.0 accepts any truncation.
         batch_size: Training batch size (per device).
         eval_batch_size: Batch size for validation and for scoring the pool (per device).
         num_workers: DataLoader worker processes.
-        cache_dir: Folder for the tokenized-pool cache (default: the datasets cache folder).
+        num_proc: Processes that tokenize the pool (``datasets.map(num_proc=...)``). None: one per
+            10,000 examples, at most one per CPU core; 1: in this process.
+        cache_dir: Folder of the tokenized-pool cache: ``<cache_dir>/lightning_al/tokenized-<hash>.arrow``,
+            keyed on the pool's contents, the tokenizer and the lengths, so it is reused across runs and
+            never stale. Default: the datasets cache (``$HF_DATASETS_CACHE``, which is
+            ``~/.cache/huggingface/datasets`` unless ``HF_HOME`` or ``HF_DATASETS_CACHE`` move it).
         evaluations: Evaluation sets run at the end of every round, after the held-out loss /
             perplexity (``class_path`` of ``lightning_al.evaluation.HeldOutAnswers``,
             ``BigBenchHard``, ``MultipleChoice``). Default: answer exact match on the held-out split
@@ -63,9 +75,11 @@ class ActiveLearningDataModule(LightningDataModule):
         split_seed: int = 0,
         max_length: int = 512,
         max_prompt_length: int | None = None,
+        max_truncated_fraction: float = 0.5,
         batch_size: int = 8,
         eval_batch_size: int = 16,
         num_workers: int = 0,
+        num_proc: int | None = None,
         cache_dir: str | None = None,
         evaluations: list[Evaluation] | None = None,
     ) -> None:
@@ -77,9 +91,11 @@ class ActiveLearningDataModule(LightningDataModule):
         self.split_seed = split_seed
         self.max_length = max_length
         self.max_prompt_length = max_prompt_length or (3 * max_length) // 4
+        self.max_truncated_fraction = max_truncated_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
+        self.num_proc = num_proc
         self.cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_al"
         #: Only the newest round is trained on (the ``incremental`` retraining policy); set by the loop.
         self.train_latest_round_only = False
@@ -93,6 +109,10 @@ class ActiveLearningDataModule(LightningDataModule):
         self.served: list[Evaluation | None] = []
         self.pool: datasets.Dataset | None = None
         self.acquired_round = np.empty(0, dtype=np.int64)
+        # The source's pool after the max_pool_size subset, and the split RNG's state after drawing that
+        # subset: loaded once per process (prepare_data and setup both need it).
+        self._raw: datasets.Dataset | None = None
+        self._split_rng_state: dict | None = None
         self._check_config()
 
     def _check_config(self) -> None:
@@ -104,13 +124,17 @@ class ActiveLearningDataModule(LightningDataModule):
             raise ValueError(
                 f"data.max_prompt_length ({self.max_prompt_length}) must be < data.max_length ({self.max_length})"
             )
+        if not 0.0 <= self.max_truncated_fraction <= 1.0:
+            raise ValueError(f"data.max_truncated_fraction: must be in [0, 1], got {self.max_truncated_fraction}")
+        if self.num_proc is not None and self.num_proc < 1:
+            raise ValueError(f"data.num_proc: must be >= 1 (or null for automatic), got {self.num_proc}")
         names = [e.name for e in self.evaluations]
         if len(set(names)) != len(names) or not all(names):
             raise ValueError(f"data.evaluations: each evaluation set needs its own non-empty name, got {names}")
 
     @cached_property
     def tokenizer(self):
-        return load_tokenizer(self.tokenizer_name)
+        return load_tokenizer(self.tokenizer_name, "data.tokenizer")
 
     # ---------------------------------------------------------------- loading
     def prepare_data(self) -> None:
@@ -121,9 +145,8 @@ class ActiveLearningDataModule(LightningDataModule):
         if self.pool is not None:
             return
         tokenized = self._tokenized_pool()
-        rng = np.random.default_rng(self.split_seed)
-        if self.max_pool_size is not None and self.max_pool_size < len(tokenized):
-            tokenized = tokenized.select(np.sort(rng.choice(len(tokenized), self.max_pool_size, replace=False)))
+        rng = np.random.default_rng()
+        rng.bit_generator.state = self._split_rng_state  # continues after the max_pool_size draw
         self.pool = tokenized.add_column("index", list(range(len(tokenized))))
         n = len(self.pool)
         n_val = self.validation_size if isinstance(self.validation_size, int) else round(self.validation_size * n)
@@ -139,24 +162,76 @@ class ActiveLearningDataModule(LightningDataModule):
             evaluation.prepare(self)
             rank_zero_info(f"Evaluation set {evaluation.name!r}: {len(evaluation.rows)} examples")
 
+    def _raw_pool(self) -> datasets.Dataset:
+        """The source's pool, cut to ``max_pool_size`` before anything is tokenized (loaded once)."""
+        if self._raw is None:
+            raw = self.source.load()
+            rng = np.random.default_rng(self.split_seed)
+            if self.max_pool_size is not None and self.max_pool_size < len(raw):
+                # The same draw as a subset of the tokenized pool would be: the split does not change.
+                raw = raw.select(np.sort(rng.choice(len(raw), self.max_pool_size, replace=False)))
+                raw = raw.flatten_indices()  # the cache key hashes the table itself
+            self._raw, self._split_rng_state = raw, rng.bit_generator.state
+        return self._raw
+
     def _tokenized_pool(self) -> datasets.Dataset:
-        raw = self.source.load()
+        raw = self._raw_pool()
+        kwargs = {"tokenizer": self.tokenizer, "max_length": self.max_length,
+                  "max_prompt_length": self.max_prompt_length}
         # Keyed on the pool's contents (not its path), so an edited file is tokenized again.
         key = "|".join(
             [_FORMAT_VERSION, _table_digest(raw.data.table), self.tokenizer_name, str(len(self.tokenizer)),
              str(self.tokenizer.chat_template), str(self.max_length), str(self.max_prompt_length)]
         )
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        if not any(self.cache_dir.glob(f"tokenized-{digest}*.arrow")):  # (with num_proc: one file per process)
+            self._check_truncation_sample(raw, kwargs)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        return raw.map(
-            tokenize_example,
-            fn_kwargs={"tokenizer": self.tokenizer, "max_length": self.max_length,
-                       "max_prompt_length": self.max_prompt_length},
+        tokenized = raw.map(
+            tokenize_batch,
+            batched=True,
+            fn_kwargs=kwargs,
             # The response stays for held-out answer matching; unlabeled ones are never served.
             remove_columns=["system", "prompt"],
+            num_proc=self._num_proc(len(raw)),
             cache_file_name=str(self.cache_dir / f"tokenized-{digest}.arrow"),
             load_from_cache_file=True,
             desc="Tokenizing the pool",
+        )
+        fraction = float(np.mean(tokenized["truncated"])) if len(tokenized) else 0.0
+        if fraction > self.max_truncated_fraction:
+            raise ValueError(self._truncation_message(fraction, len(tokenized), ""))
+        return tokenized
+
+    def _num_proc(self, rows: int) -> int | None:
+        if self.num_proc is not None:
+            return self.num_proc if self.num_proc > 1 else None
+        # Worker start-up costs about a second: worth it only for large pools.
+        procs = min(os.cpu_count() or 1, rows // 10_000)
+        return procs if procs > 1 else None
+
+    def _check_truncation_sample(self, raw: datasets.Dataset, kwargs: dict) -> None:
+        """Fail in seconds, before a long tokenization, when a sample says most of the pool would be cut."""
+        if self.max_truncated_fraction >= 1.0 or len(raw) == 0:
+            return
+        rng = np.random.default_rng(self.split_seed)
+        sample = np.sort(rng.choice(len(raw), min(_TRUNCATION_SAMPLE, len(raw)), replace=False))
+        # Untruncated lengths, so that the message can say what max_length would fit.
+        rows = tokenize_batch(raw.select(sample)[:], **{**kwargs, "max_length": 2**62, "max_prompt_length": 2**61})
+        prompt, total = np.asarray(rows["prompt_length"]), np.asarray(rows["prompt_length"]) + rows["response_length"]
+        fraction = float(np.mean((prompt > self.max_prompt_length) | (total > self.max_length)))
+        if fraction > self.max_truncated_fraction:
+            where = f" (from a seeded sample of {len(sample)})" if len(sample) < len(raw) else ""
+            lengths = (f" Prompt tokens: median {np.median(prompt):.0f}, 90th percentile {np.percentile(prompt, 90):.0f};"
+                       f" prompt + response: median {np.median(total):.0f}, 90th percentile {np.percentile(total, 90):.0f}.")
+            raise ValueError(self._truncation_message(fraction, len(raw), where) + lengths)
+
+    def _truncation_message(self, fraction: float, n: int, where: str) -> str:
+        return (
+            f"data.max_length={self.max_length} / data.max_prompt_length={self.max_prompt_length}: "
+            f"{100 * fraction:.0f}% of the pool's {n} examples{where} would be truncated, more than "
+            f"data.max_truncated_fraction={self.max_truncated_fraction} ({self.source.describe()}). "
+            f"Raise data.max_length (and data.max_prompt_length), or data.max_truncated_fraction to accept it."
         )
 
     def _log_pool_summary(self) -> None:

@@ -70,6 +70,13 @@ def tokenize_example(
     response_ids = tokenizer(response_text(tokenizer, system, prompt, example["response"]), add_special_tokens=False)[
         "input_ids"
     ]
+    return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length)
+
+
+def _truncate(
+    prompt_ids: list[int], response_ids: list[int], content_start: int, content_end: int, max_length: int,
+    max_prompt_length: int,
+) -> dict[str, Any]:
     truncated = len(prompt_ids) > max_prompt_length or len(prompt_ids) + len(response_ids) > max_length
     cut = max(len(prompt_ids) - max_prompt_length, 0)
     prompt_ids = prompt_ids[cut:]
@@ -82,3 +89,31 @@ def tokenize_example(
         "response_length": len(response_ids),
         "truncated": truncated,
     }
+
+
+def tokenize_batch(
+    batch: dict[str, list[Any]], tokenizer: PreTrainedTokenizerBase, max_length: int, max_prompt_length: int
+) -> dict[str, list[Any]]:
+    """:func:`tokenize_example` over a batch (``datasets.map(batched=True)``): the same output, row for row.
+
+    The chat template is rendered per example, but the texts go to the (fast) tokenizer as one
+    batch, which is where a long pool spends its set-up time.
+    """
+    systems, prompts = batch["system"], batch["prompt"]
+    prompt_texts = [prompt_text(tokenizer, system, prompt) for system, prompt in zip(systems, prompts)]
+    response_texts = [
+        response_text(tokenizer, system, prompt, response)
+        for system, prompt, response in zip(systems, prompts, batch["response"])
+    ]
+    encoded = tokenizer(prompt_texts, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
+    responses = tokenizer(response_texts, add_special_tokens=False)["input_ids"]
+    offsets = encoded.get("offset_mapping")
+    out: dict[str, list[Any]] = {key: [] for key in ("input_ids", "prompt_length", "content_start", "content_end",
+                                                      "response_length", "truncated")}
+    for i, (prompt_ids, response_ids) in enumerate(zip(encoded["input_ids"], responses)):
+        start, end = content_span(prompt_texts[i], prompts[i], offsets[i] if offsets is not None else None,
+                                  len(prompt_ids))
+        row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length)
+        for key, value in row.items():
+            out[key].append(value)
+    return out

@@ -16,6 +16,8 @@ from __future__ import annotations
 import abc
 import csv
 import inspect
+import io
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -25,7 +27,7 @@ from typing import Any
 
 import datasets
 import pyarrow as pa
-from datasets.exceptions import DatasetGenerationError
+from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
 
 from lightning_al.data.synthetic import generate_examples
 
@@ -143,14 +145,24 @@ class LocalFile(PoolSource):
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found (LocalFile.path)")
         fmt = _file_format(path, self.format)
-        table = _load_file(path, fmt)
-        return _pool_from_table(
-            table,
+        if fmt == "parquet":
+            table = _load_parquet(path)
+            columns = table.column_names
+            records: Iterable[tuple[int, Any]] = _table_records(table, columns)
+            line_of: Callable[[int], int] | None = None
+        else:
+            # Text formats are parsed here, line by line, so that a malformed line is reported with its
+            # number (and can be dropped) instead of a parser's "position 46" for the whole file.
+            columns, rows, lines = _read_text_file(path, fmt)
+            records, line_of = enumerate(rows), lines.__getitem__
+        return _pool_from_records(
+            records,
+            columns,
             source=str(path),
             fields=self.fields,
             default_task=self.task or path.stem,
             drop_invalid=self.drop_invalid,
-            line_offset=1 if fmt == "jsonl" else None,
+            line_of=line_of,
         )
 
 
@@ -205,15 +217,16 @@ class HubDataset(PoolSource):
         self.drop_invalid = drop_invalid
 
     def load(self) -> datasets.Dataset:
-        table = datasets.load_dataset(self.name, self.subset, split=self.split, revision=self.revision)
+        table = _load_hub_dataset(self.name, self.subset, self.split, self.revision)
         subset = f"/{self.subset}" if self.subset else ""
-        return _pool_from_table(
-            table,
+        return _pool_from_records(
+            _table_records(table, table.column_names),
+            table.column_names,
             source=f"{self.name}{subset}[{self.split}]",
             fields=self.fields,
             default_task=self.task or self.name.rstrip("/").rsplit("/", 1)[-1],
             drop_invalid=self.drop_invalid,
-            line_offset=None,
+            line_of=None,
         )
 
 
@@ -242,7 +255,7 @@ class FlanCoT(PoolSource):
         for task, file in self._task_files().items():
             with file.open("rb") as handle:
                 examples += _assemble(
-                    str(file), enumerate(handle), partial(_flan_example, task), self.drop_invalid, line_offset=1
+                    str(file), enumerate(handle), partial(_flan_example, task), self.drop_invalid, _next_line
                 )
         return _to_dataset(examples)
 
@@ -302,49 +315,102 @@ def _file_format(path: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _load_file(path: Path, fmt: str) -> datasets.Dataset:
-    if fmt != "parquet":
-        _check_utf8(path)
-    if fmt in ("csv", "tsv"):
-        delimiter = "\t" if fmt == "tsv" else ","
-        builder = "csv"
-        # Read every column as text: type inference would turn "007" into 7 and "NA" into None.
-        kwargs: dict[str, Any] = {
-            "delimiter": delimiter,
-            "keep_default_na": False,
-            "features": datasets.Features({name: datasets.Value("string") for name in _csv_header(path, delimiter)}),
-        }
-    else:
-        builder = "json" if fmt in ("json", "jsonl") else fmt
-        kwargs = {}
+def _load_parquet(path: Path) -> datasets.Dataset:
     try:
-        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+        return datasets.load_dataset("parquet", data_files=str(path), split="train")
     except DatasetGenerationError as err:
-        raise DataValidationError(f"{path}: cannot be read as {fmt}: {_root_cause(err)}") from err
+        raise DataValidationError(f"{path}: cannot be read as parquet: {_root_cause(err)}") from err
 
 
-def _csv_header(path: Path, delimiter: str) -> list[str]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        header = next(csv.reader(handle, delimiter=delimiter), None)
+def _load_hub_dataset(name: str, subset: str | None, split: str, revision: str | None) -> datasets.Dataset:
+    try:
+        return datasets.load_dataset(name, subset, split=split, revision=revision)
+    except (FileNotFoundError, ConnectionError, DatasetNotFoundError) as err:
+        offline = " (HF_DATASETS_OFFLINE=1: only the local cache is read)" if datasets.config.HF_HUB_OFFLINE else ""
+        raise DataValidationError(
+            f"{name}: not a local folder and not a hub dataset that can be loaded{offline}: {err}"
+        ) from None
+
+
+def _next_line(row: int) -> int:
+    return row + 1
+
+
+def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[int]]:
+    """Parse a jsonl / json / csv / tsv file into (columns, records, line number of each record).
+
+    A record that cannot be parsed is an :class:`_InvalidRow` in the list, so that it is reported
+    (or dropped) with its line like any other invalid row.
+    """
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, "\t" if fmt == "tsv" else ",")
+    text = _read_utf8(path)
+    if fmt == "json" and text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataValidationError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}") from None
+        records = [r if isinstance(r, dict) else _InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
+        return _columns_of(records), records, []
+    # JSON lines (Dataset.to_json writes them even to a .json file); blank lines are skipped.
+    records, lines = [], []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            record = _InvalidRow(f"not valid JSON ({err.msg} at column {err.colno})")
+        if not isinstance(record, (dict, _InvalidRow)):
+            record = _InvalidRow(f"not a JSON object but {type(record).__name__}")
+        records.append(record)
+        lines.append(number)
+    return _columns_of(records), records, lines
+
+
+def _columns_of(records: list[Any]) -> list[str]:
+    """Every key of any record, in order of first appearance (a key absent from a row reads as missing)."""
+    return list(dict.fromkeys(key for record in records if isinstance(record, dict) for key in record))
+
+
+def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[Any], list[int]]:
+    # All values stay text: type inference would turn "007" into 7 and "NA" into None.
+    text = _read_utf8(path)
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+    header = next(reader, None)
     if not header:
         raise DataValidationError(f"{path}: empty file, expected a header line")
-    return header
+    records, lines = [], []
+    start = reader.line_num + 1
+    try:
+        for values in reader:
+            if values:  # blank lines are skipped
+                records.append(
+                    dict(zip(header, values))
+                    if len(values) == len(header)
+                    else _InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
+                )
+                lines.append(start)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise DataValidationError(f"{path}: line {reader.line_num}: {err}") from None
+    return header, records, lines
+
+
+def _read_utf8(path: Path) -> str:
+    """The text of ``path``; a file that is not UTF-8 fails with the line of the first bad byte."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise DataValidationError(f"{path}: line {line} is not valid UTF-8") from None
 
 
 def _root_cause(err: BaseException) -> BaseException:
     while err.__cause__ is not None or err.__context__ is not None:
         err = err.__cause__ or err.__context__
     return err
-
-
-def _check_utf8(path: Path) -> None:
-    """Reject a text file that is not UTF-8 up front: parsers fail on it without naming the line."""
-    data = path.read_bytes()
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataValidationError(f"{path}: line {line} is not valid UTF-8") from None
 
 
 def _resolve_fields(fields: dict[str, str] | None, columns: list[str], source: str) -> dict[str, str]:
@@ -375,24 +441,28 @@ def _resolve_fields(fields: dict[str, str] | None, columns: list[str], source: s
     return mapping
 
 
-def _pool_from_table(
-    table: datasets.Dataset,
+def _table_records(table: datasets.Dataset, columns: list[str]) -> Iterable[tuple[int, dict[str, Any]]]:
+    """(row, record) of an Arrow-backed table, read one column at a time (all columns materialised)."""
+    values = {name: _column_values(table, name) for name in columns}
+    return enumerate(dict(zip(columns, row)) for row in zip(*(values[name] for name in columns)))
+
+
+def _pool_from_records(
+    records: Iterable[tuple[int, Any]],
+    columns: list[str],
     source: str,
     fields: dict[str, str] | None,
     default_task: str,
     drop_invalid: bool,
-    line_offset: int | None,
+    line_of: Callable[[int], int] | None,
 ) -> datasets.Dataset:
-    mapping = _resolve_fields(fields, table.column_names, source)
-    used = list(dict.fromkeys(mapping.values()))
-    columns = {name: _column_values(table, name) for name in used}
-    records = enumerate(dict(zip(used, values)) for values in zip(*(columns[name] for name in used)))
+    mapping = _resolve_fields(fields, columns, source)
     examples = _assemble(
         source,
         records,
         lambda row, record: _table_example(row, record, mapping, default_task),
         drop_invalid,
-        line_offset,
+        line_of,
     )
     return _to_dataset(examples)
 
@@ -405,16 +475,20 @@ def _column_values(table: datasets.Dataset, name: str) -> list[Any]:
         return table.data.column(name).cast(pa.large_binary()).to_pylist()
 
 
-def _table_example(row: int, record: dict[str, Any], mapping: dict[str, str], default_task: str) -> Example:
-    task = _required_text(record[mapping["task"]], "task") if "task" in mapping else default_task
-    example_id = _example_id(record[mapping["id"]]) if "id" in mapping else f"{task}-{row}"
+def _table_example(row: int, record: dict[str, Any] | _InvalidRow, mapping: dict[str, str], default_task: str) -> Example:
+    if isinstance(record, _InvalidRow):
+        raise record  # a line that could not be parsed
+    # A key absent from a JSON line reads as missing.
+    record = {name: record.get(column) for name, column in mapping.items()}
+    task = _required_text(record["task"], "task") if "task" in mapping else default_task
+    example_id = _example_id(record["id"]) if "id" in mapping else f"{task}-{row}"
     try:
         if "messages" in mapping:
-            system, prompt, response = _split_messages(record[mapping["messages"]])
+            system, prompt, response = _split_messages(record["messages"])
         else:
-            system = _optional_text(record[mapping["system"]], "system") if "system" in mapping else ""
-            prompt = _required_text(record[mapping["prompt"]], "prompt")
-            response = _required_text(record[mapping["response"]], "response")
+            system = _optional_text(record["system"], "system") if "system" in mapping else ""
+            prompt = _required_text(record["prompt"], "prompt")
+            response = _required_text(record["response"], "response")
     except _InvalidRow as err:
         raise _InvalidRow(err.reason, example_id) from None
     return {"id": example_id, "task": task, "system": system, "prompt": prompt, "response": response}
@@ -480,7 +554,7 @@ def _assemble(
     records: Iterable[tuple[int, Any]],
     convert: Callable[[int, Any], Example],
     drop_invalid: bool,
-    line_offset: int | None,
+    line_of: Callable[[int], int] | None,
 ) -> list[Example]:
     """Convert records, dropping or raising on invalid ones, and check that ids are unique."""
     examples: list[Example] = []
@@ -493,7 +567,7 @@ def _assemble(
             example = convert(row, record)
         except _InvalidRow as err:
             if not drop_invalid:
-                where = _location(row, line_offset, err.example_id)
+                where = _location(row, line_of(row) if line_of is not None else None, err.example_id)
                 raise DataValidationError(f"{source}: {where}: {err.reason}") from None
             dropped[err.reason].append(row)
             continue
@@ -506,8 +580,8 @@ def _assemble(
     return examples
 
 
-def _location(row: int, line_offset: int | None, example_id: str | None) -> str:
-    details = [f"line {row + line_offset}"] if line_offset is not None else []
+def _location(row: int, line: int | None, example_id: str | None) -> str:
+    details = [f"line {line}"] if line is not None else []
     details += [f"id {example_id!r}"] if example_id is not None else []
     return f"row {row} ({', '.join(details)})" if details else f"row {row}"
 
