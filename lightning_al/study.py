@@ -22,15 +22,7 @@ import yaml
 
 from lightning_al.cli import main as fit_main
 from lightning_al.cli import run_dir_of
-
-#: Short names of the built-in strategies; any other value is taken as a class path.
-STRATEGIES = {
-    "random": "lightning_al.strategies.RandomSampling",
-    "entropy": "lightning_al.strategies.EntropySampling",
-    "confidence": "lightning_al.strategies.ConfidenceSampling",
-    "margin": "lightning_al.strategies.MarginSampling",
-    "min_margin": "lightning_al.strategies.MinMarginSampling",
-}
+from lightning_al.strategies import REGISTRY, strategy_from_name
 
 
 @dataclass(frozen=True)
@@ -46,16 +38,19 @@ class Cell:
         return f"{self.strategy.rsplit('.', 1)[-1]}-m{self.rounds}-s{self.seed}"
 
     @property
-    def class_path(self) -> str:
-        return STRATEGIES.get(self.strategy, self.strategy)
+    def loop_strategy(self) -> str:
+        """The ``--loop.strategy`` value: a short name of the registry (the loop resolves it) or a class path."""
+        return self.strategy
 
 
 def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
     """Every (strategy, m, seed), strategies outermost: a study cut short still has whole strategies."""
     for strategy in strategies:
-        if strategy not in STRATEGIES and "." not in strategy:
-            raise ValueError(f"study.strategies: unknown strategy {strategy!r}; use one of {sorted(STRATEGIES)} "
-                             "or a class path")
+        try:
+            strategy_from_name(strategy)
+        except ValueError:
+            raise ValueError(f"study.strategies: unknown strategy {strategy!r}; use one of {list(REGISTRY)} "
+                             "or a class path") from None
     if not strategies or not rounds or not seeds:
         raise ValueError("study: strategies, rounds and seeds must each hold at least one value")
     if any(m < 1 for m in rounds):
@@ -78,7 +73,7 @@ def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Seque
     """The ``lightning-al fit`` arguments of a cell."""
     run_name = f"{study}/{cell.name}"
     # The cell's own keys come last: they win over the same keys among the overrides.
-    args = ["fit", f"--config={config}", *overrides, f"--run_name={run_name}", f"--loop.strategy={cell.class_path}",
+    args = ["fit", f"--config={config}", *overrides, f"--run_name={run_name}", f"--loop.strategy={cell.loop_strategy}",
             f"--loop.rounds={cell.rounds}", f"--seed_everything={cell.seed}"]
     if status == "interrupted":
         return [*args, f"--ckpt_path={Path(run_dir_of(run_name)) / 'last.ckpt'}"]

@@ -20,12 +20,10 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lightning_al.strategies import name_of, strategy_from_spec
+
 #: Score columns that uncertainty strategies write into the round files.
 SCORE_COLUMNS: tuple[str, ...] = ("entropy", "confidence", "margin", "min_margin", "max_entropy", "num_tokens")
-#: Score column that each built-in strategy ranks by (random has none).
-STRATEGY_SCORE: dict[str, str] = {
-    "entropy": "entropy", "confidence": "confidence", "margin": "margin", "minmargin": "min_margin",
-}
 ACQUIRED_COLUMNS: tuple[str, ...] = ("run", "id", "task", "round", "prompt_tokens", "response_tokens")
 _ROUND_FILE = re.compile(r"^round_(\d+)\.jsonl$")
 
@@ -82,20 +80,20 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 def strategy_of(config: dict[str, Any]) -> tuple[str, str | None]:
     """(report name, own score column) of the config's ``loop.strategy``.
 
-    ``lightning_al.strategies.EntropySampling`` -> ``("entropy", "entropy")``; the generic
-    ``UncertaintySampling`` with ``init_args.score: s`` -> ``("uncertainty-s-highest|lowest", s)``.
+    The name is the strategy registry's (``lightning_al.strategies.name_of``):
+    ``lightning_al.strategies.EntropySampling`` or ``entropy`` -> ``("entropy", "entropy")``; the generic
+    ``UncertaintySampling`` with ``init_args.score: s`` -> ``("uncertainty-s-highest|lowest", s)``. A strategy
+    that cannot be built here (a class of another package) is named after its class, with no score column.
     """
     spec = (config.get("loop") or {}).get("strategy")
     if spec is None:
         return "random", None
-    class_path = spec.get("class_path", "") if isinstance(spec, dict) else str(spec)
-    cls = class_path.rsplit(".", 1)[-1]
-    name = cls.removesuffix("Sampling").lower() or "unknown"
-    if name == "uncertainty":
-        init = (spec.get("init_args") or {}) if isinstance(spec, dict) else {}
-        score = str(init.get("score", "entropy"))
-        return f"uncertainty-{score}-{'highest' if init.get('highest', True) else 'lowest'}", score
-    return name, STRATEGY_SCORE.get(name)
+    try:
+        strategy = strategy_from_spec(spec)
+    except ValueError:
+        class_path = spec.get("class_path", "") if isinstance(spec, dict) else str(spec)
+        return class_path.rsplit(".", 1)[-1].removesuffix("Sampling").lower() or "unknown", None
+    return name_of(strategy), strategy.score
 
 
 def _int_or_none(value: Any) -> int | None:

@@ -6,7 +6,7 @@ from lightning_al.strategies.base import AcquisitionStrategy, round_sizes, top_k
 from lightning_al.strategies.facility import FacilityLocation
 from lightning_al.strategies.kcenter import KCenterGreedy
 from lightning_al.strategies.random_sampling import RandomSampling
-from lightning_al.strategies.registry import REGISTRY, name_of, strategy_from_name
+from lightning_al.strategies.registry import REGISTRY, name_of, strategy_from_name, strategy_from_spec
 from lightning_al.strategies.stochastic import StochasticSampling
 from lightning_al.strategies.uncertainty import (
     ConfidenceSampling,
@@ -34,6 +34,7 @@ __all__ = [
     "name_of",
     "round_sizes",
     "strategy_from_name",
+    "strategy_from_spec",
     "top_k",
     "uncertainty",
 ]

@@ -90,15 +90,26 @@ def strategy_from_name(name: str) -> AcquisitionStrategy:
         args = yaml.safe_load("{" + match.group(2).replace("=", ": ") + "}") or {}
         return REGISTRY[ALIASES.get(match.group(1), match.group(1))].build(**args)
     if "." in name:
-        module, _, cls = name.rpartition(".")
-        try:
-            strategy = getattr(importlib.import_module(module), cls)()
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"strategy {name!r}: cannot import it ({err})") from None
-        if not isinstance(strategy, AcquisitionStrategy):
-            raise ValueError(f"strategy {name!r} is not an AcquisitionStrategy")
-        return strategy
+        return strategy_from_spec({"class_path": name})
     raise ValueError(f"unknown strategy {name!r}; use one of {', '.join(REGISTRY)} or a class path")
+
+
+def strategy_from_spec(spec: Any) -> AcquisitionStrategy:
+    """The strategy of a config's ``loop.strategy`` value: a short name or class path, or a mapping with
+    ``class_path`` and ``init_args`` (as a run's config.yaml holds it)."""
+    if not isinstance(spec, dict):
+        return strategy_from_name(str(spec))
+    class_path = str(spec.get("class_path", ""))
+    if "." not in class_path:
+        return strategy_from_name(class_path)
+    module, _, cls = class_path.rpartition(".")
+    try:
+        strategy = getattr(importlib.import_module(module), cls)(**(spec.get("init_args") or {}))
+    except (ImportError, AttributeError, TypeError) as err:
+        raise ValueError(f"strategy {class_path!r}: cannot build it ({err})") from None
+    if not isinstance(strategy, AcquisitionStrategy):
+        raise ValueError(f"strategy {class_path!r} is not an AcquisitionStrategy")
+    return strategy
 
 
 def name_of(strategy: AcquisitionStrategy) -> str:
