@@ -1,0 +1,81 @@
+"""What a researcher meets first: errors that name the path, file or line before any work is done
+(and before anything is written), the CPU study config with local copies, and other loggers."""
+
+import time
+
+import datasets
+import pytest
+
+import lightning_al.model.module as module
+from lightning_al.cli import main
+from lightning_al.data.sources import DataValidationError, SyntheticTasks
+from lightning_al.model.loading import PretrainedNotFoundError
+from tests.conftest import tiny_run_args
+
+
+@pytest.fixture
+def nothing_loaded(monkeypatch):
+    """Fails the test if the base model is loaded or the pool tokenized: the error must come first."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("work was done before the configuration error was raised")
+
+    monkeypatch.setattr(module, "load_causal_lm", forbidden)
+    monkeypatch.setattr(datasets.Dataset, "map", forbidden)  # the pool's tokenization
+
+
+def assert_nothing_written(workdir):
+    assert not (workdir / "checkpoints").exists() and not (workdir / "lightning_logs").exists()
+
+
+@pytest.mark.parametrize("pretrained", ["./models/NoSuchModel", "models/NoSuchModel", "/nonexistent/SmolLM2"])
+def test_missing_model_folder_names_the_path_before_the_pool_is_loaded(workdir, nothing_loaded, monkeypatch,
+                                                                      pretrained):
+    monkeypatch.setattr(SyntheticTasks, "load", lambda self: pytest.fail("the pool was loaded first"))
+    with pytest.raises(PretrainedNotFoundError, match=r"model\.pretrained: .*NoSuchModel|SmolLM2") as info:
+        main(["fit", *tiny_run_args(workdir, **{"model.pretrained": pretrained, "model.config": "null",
+                                                "model.tokenizer": "null"})])
+    assert "does not exist" in str(info.value) and "internet" not in str(info.value)
+    assert_nothing_written(workdir)
+
+
+def test_folder_without_a_model_names_the_missing_file(workdir, nothing_loaded):
+    (workdir / "empty_model").mkdir()
+    with pytest.raises(PretrainedNotFoundError, match=r"empty_model holds no model \(config\.json missing\)"):
+        main(["fit", *tiny_run_args(workdir, **{"model.pretrained": "empty_model", "model.tokenizer": "char"})])
+    assert_nothing_written(workdir)
+
+
+def test_unknown_hub_id_offline_fails_at_once(workdir, nothing_loaded):
+    start = time.perf_counter()
+    with pytest.raises(PretrainedNotFoundError, match=r"'HuggingFaceTB/NoSuchModel-1M'.*HF_HUB_OFFLINE=1"):
+        main(["fit", *tiny_run_args(workdir, **{"model.pretrained": "HuggingFaceTB/NoSuchModel-1M",
+                                                "model.tokenizer": "char"})])
+    assert time.perf_counter() - start < 10, "offline resolution must not retry"
+    assert_nothing_written(workdir)
+
+
+def test_unknown_tokenizer_names_its_key(workdir, nothing_loaded):
+    with pytest.raises(PretrainedNotFoundError, match=r"model\.tokenizer: .*no_such_tokenizer"):
+        main(["fit", *tiny_run_args(workdir, **{"model.tokenizer": "./no_such_tokenizer"})])
+    assert_nothing_written(workdir)
+
+
+def test_malformed_pool_line_names_file_and_line(workdir, nothing_loaded):
+    path = workdir / "pool.jsonl"
+    good = '{"prompt": "Copy the string: abc", "response": "abc"}\n'
+    path.write_text(good * 3 + '{"prompt": "Copy the string: abd", "response": abd}\n' + good)
+    args = tiny_run_args(workdir, **{"data.pool": "lightning_al.data.sources.LocalFile",
+                                     "data.pool.init_args.path": str(path)})
+    with pytest.raises(DataValidationError, match=r"pool\.jsonl: row 3 \(line 4\): not valid JSON") as info:
+        main(["fit", *args])
+    assert "position" not in str(info.value)
+    assert_nothing_written(workdir)
+
+
+def test_pool_mostly_truncated_fails_before_tokenizing(workdir, nothing_loaded):
+    with pytest.raises(ValueError, match=r"data\.max_length=24 .*100% of the pool's 120 examples .*"
+                                         r"data\.max_truncated_fraction=0\.5") as info:
+        main(["fit", *tiny_run_args(workdir, **{"data.max_length": 24})])
+    assert "prompt + response: median" in str(info.value)
+    assert_nothing_written(workdir)
