@@ -53,16 +53,17 @@ def one_thread():
 
 
 def make_model(
-    source: str, chunk: int = 7, extra_stop: bool = True, config: dict | None = None, modules_to_save=None
+    source: str, chunk: int = 7, extra_stop: bool = True, config: dict | None = None, modules_to_save=None,
+    init_seed: int = INIT_SEED,
 ) -> LoRALanguageModel:
     model = LoRALanguageModel(
         config=config or MODEL_CONFIG, tokenizer="char", score_source=source, max_new_tokens=MAX_NEW_TOKENS,
-        logits_chunk_size=chunk, init_seed=INIT_SEED, lora_modules_to_save=modules_to_save,
+        logits_chunk_size=chunk, init_seed=init_seed, lora_modules_to_save=modules_to_save,
     )
     model.configure_model()
     # LoRA B starts at zero; random adapter weights make a wrongly bypassed adapter visible (and a
     # module trained in full, when there is one, differ from its original).
-    generator = torch.Generator().manual_seed(INIT_SEED)
+    generator = torch.Generator().manual_seed(init_seed)
     with torch.no_grad():
         for name, param in model.adapter_state().items():
             noise = torch.randn(param.shape, generator=generator)

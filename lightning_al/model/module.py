@@ -11,8 +11,9 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import LoraConfig, get_peft_model
-from torchmetrics import MeanMetric
 
+from lightning_al.evaluation.metrics import ExampleMean
+from lightning_al.model.head import output_head
 from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
 from lightning_al.scoring.passes import ScoreSource, generated_statistics, prompt_statistics
 from lightning_al.scoring.statistics import per_example_scores
@@ -93,7 +94,8 @@ class LoRALanguageModel(LightningModule):
         self.initial_adapter: dict[str, torch.Tensor] = {}
         # Only the adapter is saved; the base weights come back from `pretrained` / `config`.
         self.strict_loading = False
-        self.val_nll = MeanMetric()
+        # Per example, so that the examples DDP's sampler repeats to pad the last batch count once.
+        self.val_nll = ExampleMean()
 
     @property
     def tokenizer(self):
@@ -115,6 +117,8 @@ class LoRALanguageModel(LightningModule):
             target_modules=hp.lora_target_modules, modules_to_save=hp.lora_modules_to_save, task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora)
+        if hp.score_source != "generated":
+            output_head(self.model)  # refuses a head it cannot reproduce now, before any scoring pass
         self.initial_adapter = {k: v.detach().clone() for k, v in self.adapter_state().items()}
 
     # ---------------------------------------------------------------- adapter
@@ -159,10 +163,13 @@ class LoRALanguageModel(LightningModule):
         if evaluation is not None:  # an evaluation set: generation or choice log-likelihoods
             evaluation.update(self, batch)
             return
-        loss = self(batch["input_ids"], batch["attention_mask"], batch["labels"]).loss
-        # Weighted by response tokens, so the epoch value is the per-token NLL of the whole split.
-        tokens = (batch["labels"][:, 1:] != -100).sum()
-        self.val_nll.update(loss, weight=tokens)
+        logits = self(batch["input_ids"], batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        # Summed per example and weighted by its response tokens: the epoch value is the per-token
+        # NLL of the whole split, each held-out example counted once.
+        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
+                                                reduction="none").sum(1)
+        self.val_nll.update(nll, batch["index"], weight=(labels != -100).sum(1))
 
     def on_validation_epoch_end(self) -> None:
         # Metrics compute across processes (torchmetrics syncs on compute), so no sync_dist here.

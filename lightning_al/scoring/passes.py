@@ -11,6 +11,7 @@ from typing import Literal
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
+from lightning_al.model.head import output_head
 from lightning_al.model.inference import clean_generation_config, decoder_hidden_states
 from lightning_al.scoring.statistics import chunked_token_statistics, token_statistics
 
@@ -27,6 +28,7 @@ def prompt_statistics(
     position right after the prompt (``first``). Returns token statistics and each token's row.
 
     The LM head runs only at scored positions, in chunks: full logits of a padded batch are never made.
+    It is the model's exact head (``output_head``: soft-capping and logit scaling included).
     """
     input_ids, mask = batch["input_ids"], batch["attention_mask"]
     hidden = decoder_hidden_states(model, input_ids, mask)
@@ -49,8 +51,10 @@ def prompt_statistics(
     # The LM head's working memory stays within the size of the decoder's own output (and the
     # decoder makes several tensors that large in every layer), so scoring adds no memory peak.
     budget = max(hidden.numel(), _MIN_LOGITS_BUDGET)
+    head = output_head(model)
     stats = chunked_token_statistics(
-        hidden[rows, positions], model.get_output_embeddings(), next_tokens, chunk_size, max_elements=budget
+        hidden[rows, positions], head.module, next_tokens, chunk_size, max_elements=budget,
+        postprocess=None if head.is_identity else head.postprocess,
     )
     return stats, rows
 

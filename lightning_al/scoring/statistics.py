@@ -10,6 +10,8 @@ plus ``min_margin``, ``max_entropy`` and ``num_tokens``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 #: Per-example scores returned by ``LoRALanguageModel.predict_step``.
@@ -59,14 +61,17 @@ def chunked_token_statistics(
     next_tokens: torch.Tensor | None,
     chunk_size: int = 1024,
     max_elements: int | None = None,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``token_statistics(lm_head(hidden))`` for hidden states [N, H], without full logits.
+    """``token_statistics(postprocess(lm_head(hidden)))`` for hidden states [N, H], without full logits.
 
     At most ``chunk_size`` rows at a time, and, when ``max_elements`` is given, at most that many
     logits at once: a linear head is then applied one block of the vocabulary at a time and the
     statistics are accumulated across blocks (online softmax), so that a large vocabulary (128K)
     costs neither memory nor extra passes over the head's weights. Any other head (not a plain
-    linear layer, e.g. sharded) is called as a whole on fewer rows.
+    linear layer, e.g. sharded) is called as a whole on fewer rows. ``postprocess`` is the model's own
+    elementwise logit post-processing (soft-capping, scaling; see ``lightning_al.model.head``), applied
+    to every block, so that the statistics are those of the model's own logits.
     """
     rows, block, linear = max(1, chunk_size), None, None
     if max_elements is not None:
@@ -83,9 +88,12 @@ def chunked_token_statistics(
         stop = start + rows
         chunk_tokens = None if next_tokens is None else next_tokens[start:stop]
         if block is not None:
-            parts.append(_blocked_statistics(hidden[start:stop], *linear, chunk_tokens, block))
+            parts.append(_blocked_statistics(hidden[start:stop], *linear, chunk_tokens, block, postprocess))
         else:
-            parts.append(token_statistics(lm_head(hidden[start:stop]), chunk_tokens, overwrite=True))
+            logits = lm_head(hidden[start:stop])
+            if postprocess is not None:
+                logits = postprocess(logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits)
+            parts.append(token_statistics(logits, chunk_tokens, overwrite=True))
     if not parts:  # no scored position in the batch
         empty = hidden.new_zeros(0, dtype=torch.promote_types(hidden.dtype, torch.float32))
         return {k: empty for k in ("entropy", "logprob", "margin")}
@@ -115,9 +123,15 @@ def _linear_weights(head: torch.nn.Module, hidden_size: int) -> tuple[torch.Tens
 
 
 def _blocked_statistics(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, next_tokens: torch.Tensor | None, block: int
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    next_tokens: torch.Tensor | None,
+    block: int,
+    postprocess: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """``token_statistics(hidden @ weight.T + bias)``, one block of ``block`` vocabulary entries at a time.
+    """``token_statistics(postprocess(hidden @ weight.T + bias))``, one block of ``block`` vocabulary
+    entries at a time (``postprocess``: an elementwise function, the model's own logit post-processing).
 
     Running per row: the largest logit so far ``m``, ``s = sum exp(l - m)``, ``t = sum exp(l - m) (l - m)``
     (rescaled when m grows), the two largest logits, and the next token's logit. Then log Z = m + log s,
@@ -135,6 +149,8 @@ def _blocked_statistics(
         v1 = min(v0 + block, weight.shape[0])
         logits = torch.nn.functional.linear(hidden, weight[v0:v1], None if bias is None else bias[v0:v1])
         logits = logits.to(dtype)
+        if postprocess is not None:
+            logits = postprocess(logits)
         top = torch.cat([top, logits.topk(min(2, v1 - v0), dim=-1).values], dim=-1).topk(2, dim=-1).values
         if next_tokens is not None:
             inside = (next_tokens >= v0) & (next_tokens < v1)
