@@ -1,4 +1,5 @@
-"""Accuracy per group (task, subject) with its macro and micro averages, as a torchmetrics Metric.
+"""Metrics that count each evaluation example once: accuracy per group (task, subject) with its
+macro and micro averages, and a per-example weighted mean (the held-out loss).
 
 The state is one slot per example of the evaluation set (right or wrong, and seen), reduced with
 ``max`` across processes. Under DDP, Lightning's distributed sampler pads the last batches with
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 
 import torch
 from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
 
 
 class GroupedAccuracy(Metric):
@@ -55,3 +57,46 @@ class GroupedAccuracy(Metric):
             "examples": total.sum(),
             "groups": {name: per_group[i] for i, name in enumerate(self.groups) if present[i]},
         }
+
+
+class ExampleMean(Metric):
+    """A weighted mean over examples in which every example counts once, however many times it is
+    seen: ``sum(total) / sum(weight)`` over distinct example keys.
+
+    Each update records per example its key (e.g. its pool index), a ``total`` (e.g. the summed NLL
+    of its response tokens) and a ``weight`` (its token count). The records are concatenated across
+    processes and a repeated key is dropped, so the repeats with which Lightning's distributed
+    sampler pads the last batches do not count twice; the records of one key must be equal (the
+    same example under the same model), so which one is kept does not matter.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.add_state("example", default=[], dist_reduce_fx="cat")
+        self.add_state("total", default=[], dist_reduce_fx="cat")
+        self.add_state("weight", default=[], dist_reduce_fx="cat")
+
+    def update(self, total: torch.Tensor, example: torch.Tensor, weight: torch.Tensor | None = None) -> None:
+        total = torch.as_tensor(total).detach().reshape(-1)
+        example = torch.as_tensor(example, device=total.device).reshape(-1).long()
+        weight = torch.ones_like(total) if weight is None else torch.as_tensor(weight, device=total.device).reshape(-1)
+        if not len(total) == len(example) == len(weight):
+            raise ValueError(f"ExampleMean.update: {len(total)} totals, {len(example)} keys, {len(weight)} weights")
+        # Float64 sums, so that the mean does not depend on the order or the split of the examples.
+        dtype = torch.float32 if total.device.type == "mps" else torch.float64
+        self.example.append(example)
+        self.total.append(total.to(dtype))
+        self.weight.append(weight.to(dtype))
+
+    def compute(self) -> torch.Tensor:
+        example, total, weight = (dim_zero_cat(s) if isinstance(s, list) else s
+                                  for s in (self.example, self.total, self.weight))
+        if example.numel() == 0:
+            return torch.tensor(float("nan"))
+        keys, inverse = torch.unique(example, return_inverse=True)
+        order = torch.arange(len(example), device=example.device)
+        first = torch.full((len(keys),), len(example), device=example.device).scatter_reduce(
+            0, inverse, order, "amin")
+        return total[first].sum() / weight[first].sum()
