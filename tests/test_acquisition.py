@@ -70,3 +70,15 @@ def test_ddp_two_processes_acquire_what_one_process_acquires(workdir):
     for a, b in zip(single, ddp):
         assert a["entropy"] == pytest.approx(b["entropy"], abs=1e-6)
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
+
+
+def test_short_strategy_names_reach_the_loop_and_task_balanced_gets_the_tasks(workdir):
+    main(["fit", *tiny_run_args(workdir, **{"loop.strategy": "task-balanced", "loop.rounds": 1,
+                                            "loop.epochs_per_round": 1, "loop.budget": 30})])
+    rows = read_rounds(workdir / "checkpoints" / "tiny")[0]
+    counts = pd.Series([row["task"] for row in rows]).value_counts()
+    assert len(rows) == 30 and counts.max() - counts.min() <= 1  # uniform quotas; every task has plenty
+    assert all(np.isfinite(row["confidence"]) for row in rows)
+    # Embedding strategies fail before acquiring anything, naming the strategy, until the loop passes embeddings.
+    with pytest.raises(RuntimeError, match="KCenterGreedy.*embeddings"):
+        main(["fit", *tiny_run_args(workdir, run_name="kcenter", **{"loop.strategy": "kcenter", "loop.rounds": 1})])

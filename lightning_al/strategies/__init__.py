@@ -8,7 +8,7 @@ from lightning_al.strategies.kcenter import KCenterGreedy
 from lightning_al.strategies.random_sampling import RandomSampling
 from lightning_al.strategies.registry import REGISTRY, name_of, strategy_from_name, strategy_from_spec
 from lightning_al.strategies.stochastic import StochasticSampling
-from lightning_al.strategies.uncertainty import (
+from lightning_al.strategies.uncertainty_sampling import (
     ConfidenceSampling,
     EntropySampling,
     MarginSampling,

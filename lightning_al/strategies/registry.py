@@ -20,7 +20,7 @@ from lightning_al.strategies.facility import FacilityLocation
 from lightning_al.strategies.kcenter import KCenterGreedy
 from lightning_al.strategies.random_sampling import RandomSampling
 from lightning_al.strategies.stochastic import MODES, StochasticSampling
-from lightning_al.strategies.uncertainty import (
+from lightning_al.strategies.uncertainty_sampling import (
     ConfidenceSampling,
     EntropySampling,
     MarginSampling,
