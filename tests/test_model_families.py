@@ -159,3 +159,25 @@ def test_the_probe_runs_once_per_model(monkeypatch):
     for _ in range(3):
         output_head(model)
     assert len(calls) == 1
+
+
+# ------------------------------------------------------------------------ embeddings of the scoring pass
+@pytest.mark.parametrize("source", ["prompt", "generated"])
+@pytest.mark.parametrize("family", ["llama", "gemma2", "gpt2"])
+def test_embeddings_equal_a_one_example_reference(family, source, datamodule, mixed_indices):
+    """predict_step's embeddings: the mean of the model's own last hidden states over the prompt's
+    content tokens, L2-normalised, one unpadded example at a time; float16 (3 significant digits)."""
+    model = make_model(source, config=FAMILIES[family], extra_stop=False, init_seed=SEEDS.get(family, 3))
+    got = {}
+    with torch.no_grad():
+        for batch in datamodule.score_dataloader(mixed_indices):
+            out = model.predict_step(batch)
+            assert out["embedding"].dtype == torch.float16
+            got.update(zip(out["index"].tolist(), out["embedding"].float()))
+        for i in np.sort(mixed_indices):
+            ex = datamodule.pool[int(i)]
+            ids = torch.tensor([ex["input_ids"][: ex["prompt_length"]]])
+            hidden = model.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0].double()
+            mean = hidden[ex["content_start"]: ex["content_end"]].mean(0)
+            expected = mean / mean.norm()
+            torch.testing.assert_close(got[int(i)].double(), expected, atol=2e-3, rtol=0)

@@ -1,7 +1,7 @@
 """Diversity of an acquired set: mean pairwise cosine distance of the initial model's prompt embeddings.
 
-An embedding is the mean of the last hidden states over the prompt's own tokens (template tokens
-are the same in every prompt and would only pull every pair together). The initial model (the
+An embedding is ``prompt_embeddings``: the mean of the last hidden states over the prompt's own
+tokens, L2-normalised, the same definition as the embeddings the scoring pass returns. The initial model (the
 base with the adapter switched off) embeds every set of every run, so the figures compare across
 rounds, strategies and m.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_al.model.inference import decoder_hidden_states
+from lightning_al.model.inference import decoder_hidden_states, prompt_embeddings
 
 
 def mean_pairwise_cosine_distance(embeddings: torch.Tensor) -> float:
@@ -27,7 +27,7 @@ def mean_pairwise_cosine_distance(embeddings: torch.Tensor) -> float:
 
 @torch.inference_mode()
 def initial_model_embeddings(trainer: Trainer, pl_module: LightningModule, datamodule, indices: np.ndarray) -> torch.Tensor:
-    """Mean-pooled prompt embeddings [len(indices), hidden] (in ``indices`` order) by the initial model."""
+    """Prompt embeddings [len(indices), hidden] (in ``indices`` order) by the initial model."""
     was_training = pl_module.training
     pl_module.eval()
     rows, vectors = [], []
@@ -35,13 +35,8 @@ def initial_model_embeddings(trainer: Trainer, pl_module: LightningModule, datam
     with trainer.precision_plugin.predict_step_context(), pl_module.model.disable_adapter():
         for batch in datamodule.score_dataloader(indices):
             batch = trainer.strategy.batch_to_device(batch)
-            hidden = decoder_hidden_states(base, batch["input_ids"], batch["attention_mask"]).float()
-            width = batch["input_ids"].shape[1]
-            offset = width - batch["attention_mask"].sum(1, keepdim=True)
-            column = torch.arange(width, device=hidden.device).unsqueeze(0) - offset
-            inside = (column >= batch["content_start"].unsqueeze(1)) & (column < batch["content_end"].unsqueeze(1))
-            inside = inside.unsqueeze(-1).to(hidden.dtype)
-            vectors.append(((hidden * inside).sum(1) / inside.sum(1).clamp(min=1)).cpu())
+            hidden = decoder_hidden_states(base, batch["input_ids"], batch["attention_mask"])
+            vectors.append(prompt_embeddings(hidden, batch).cpu())
             rows.append(batch["index"].cpu())
     pl_module.train(was_training)
     order = torch.argsort(torch.cat(rows))

@@ -23,6 +23,45 @@ def decoder_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, mask:
     return decoder(**inputs).last_hidden_state
 
 
+def content_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[batch, width] bool: the columns of a left-padded batch that hold each prompt's content tokens
+    (``content_start`` <= token < ``content_end``; chat-template tokens and padding excluded)."""
+    mask = batch["attention_mask"]
+    width = mask.shape[1]
+    offset = width - mask.sum(1, keepdim=True)
+    token = torch.arange(width, device=mask.device).unsqueeze(0) - offset
+    return (token >= batch["content_start"].unsqueeze(1)) & (token < batch["content_end"].unsqueeze(1))
+
+
+def prompt_embeddings(hidden: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A prompt's embedding (BRIEF §2): the mean of the decoder's last hidden states [batch, width, H]
+    over its content tokens, L2-normalised, in float32. Template tokens are the same in every prompt
+    and would only pull every pair together; a prompt without content tokens is averaged whole."""
+    inside = content_mask(batch)
+    empty = ~inside.any(1, keepdim=True)
+    inside = (inside | (empty & batch["attention_mask"].bool())).unsqueeze(-1).to(torch.float32)
+    mean = (hidden.float() * inside).sum(1) / inside.sum(1).clamp(min=1)
+    return torch.nn.functional.normalize(mean, dim=-1)
+
+
+@contextmanager
+def captured_prefill(model: PreTrainedModel) -> Iterator[dict[str, torch.Tensor]]:
+    """While generating: the decoder's last hidden states of the prompt pass (its first call), under
+    ``"hidden"``, with no extra forward and without transformers keeping every layer's states."""
+    seen: dict[str, torch.Tensor] = {}
+
+    def keep_first(module, args, output) -> None:
+        if "hidden" not in seen:
+            seen["hidden"] = output.last_hidden_state if hasattr(output, "last_hidden_state") else output[0]
+
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    handle = owner.get_decoder().register_forward_hook(keep_first)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
 @contextmanager
 def clean_generation_config(model: PreTrainedModel, stop_ids: list[int], pad_token_id: int) -> Iterator[None]:
     """Swap the model's generation config for a bare one while generating.

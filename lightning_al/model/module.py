@@ -189,16 +189,19 @@ class LoRALanguageModel(LightningModule):
     # ---------------------------------------------------------------- scoring
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0, dataloader_idx: int = 0) -> dict:
         """Uncertainty scores of a batch of prompts: per example ``entropy``, ``confidence`` (mean
-        log-prob), ``margin``, ``min_margin``, ``max_entropy``, ``num_tokens``, and its pool ``index``."""
+        log-prob), ``margin``, ``min_margin``, ``max_entropy``, ``num_tokens``, its pool ``index``, and
+        its ``embedding`` (mean last hidden state over the prompt's content tokens, L2-normalised,
+        float16), all from the one forward pass that scoring makes."""
         hp = self.hparams
         base = self.model.get_base_model()
         if hp.score_source == "generated":
-            stats, rows = generated_statistics(self.model, batch, hp.max_new_tokens, self.stop_token_ids,
-                                               self.tokenizer.pad_token_id)
+            stats, rows, embedding = generated_statistics(self.model, batch, hp.max_new_tokens, self.stop_token_ids,
+                                                          self.tokenizer.pad_token_id)
         else:
-            stats, rows = prompt_statistics(base, batch, hp.score_source, hp.logits_chunk_size)
+            stats, rows, embedding = prompt_statistics(base, batch, hp.score_source, hp.logits_chunk_size)
         scores = per_example_scores(stats, rows, batch["input_ids"].shape[0])
-        return {"index": batch["index"], **scores}
+        # float16 halves what is gathered and kept for diversity strategies; cosines lose < 1e-3.
+        return {"index": batch["index"], **scores, "embedding": embedding.half()}
 
     @property
     def stop_token_ids(self) -> list[int]:

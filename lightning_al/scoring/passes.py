@@ -12,7 +12,12 @@ import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, PreTrainedModel
 
 from lightning_al.model.head import output_head
-from lightning_al.model.inference import clean_generation_config, decoder_hidden_states
+from lightning_al.model.inference import (
+    captured_prefill,
+    clean_generation_config,
+    decoder_hidden_states,
+    prompt_embeddings,
+)
 from lightning_al.scoring.statistics import chunked_token_statistics, token_statistics
 
 ScoreSource = Literal["generated", "prompt", "first"]
@@ -23,9 +28,10 @@ _MIN_LOGITS_BUDGET = 1 << 18
 
 def prompt_statistics(
     model: PreTrainedModel, batch: dict[str, torch.Tensor], source: ScoreSource, chunk_size: int = 1024
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Teacher-forced statistics over the prompt's own content tokens (``prompt``) or only at the
-    position right after the prompt (``first``). Returns token statistics and each token's row.
+    position right after the prompt (``first``). Returns token statistics, each token's row, and
+    the prompts' embeddings (``prompt_embeddings``, from the same forward pass).
 
     The LM head runs only at scored positions, in chunks: full logits of a padded batch are never made.
     It is the model's exact head (``output_head``: soft-capping and logit scaling included).
@@ -56,7 +62,7 @@ def prompt_statistics(
         hidden[rows, positions], head.module, next_tokens, chunk_size, max_elements=budget,
         postprocess=None if head.is_identity else head.postprocess,
     )
-    return stats, rows
+    return stats, rows, prompt_embeddings(hidden, batch)
 
 
 class _StepStatistics(LogitsProcessor):
@@ -85,15 +91,16 @@ def generated_statistics(
     max_new_tokens: int,
     stop_ids: list[int],
     pad_token_id: int,
-) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Statistics of the greedy continuation of each prompt (KV cache, batched, left padding),
-    up to and including its end-of-turn token or ``max_new_tokens``."""
+    up to and including its end-of-turn token or ``max_new_tokens``; each statistic's row; and the
+    prompts' embeddings, from the decoder's pass over the prompts that generation makes anyway."""
     input_ids = batch["input_ids"]
     collector = _StepStatistics(input_ids.shape[0], torch.tensor(stop_ids, device=input_ids.device))
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids, pad_token_id=pad_token_id
     )
-    with clean_generation_config(model, stop_ids, pad_token_id):
+    with clean_generation_config(model, stop_ids, pad_token_id), captured_prefill(model) as prefill:
         model.generate(
             input_ids=input_ids,
             attention_mask=batch["attention_mask"],
@@ -102,4 +109,4 @@ def generated_statistics(
         )
     stats = {k: torch.cat([s[k] for s, _ in collector.parts]) for k in ("entropy", "logprob", "margin")}
     rows = torch.cat([r for _, r in collector.parts])
-    return stats, rows
+    return stats, rows, prompt_embeddings(prefill["hidden"], batch)
