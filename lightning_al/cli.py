@@ -7,9 +7,10 @@ import sys
 from pathlib import Path
 
 from jsonargparse import Namespace
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_al.checkpointing import RunCheckpoint, resolve_checkpoint
 from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import CHAR_TOKENIZER, check_pretrained
@@ -55,15 +56,9 @@ class ActiveLearningCLI(LightningCLI):
             help="The grid of `lightning-al study` (strategies, rounds, seeds, name); ignored by fit / validate / test.",
         )
         parser.add_lightning_class_args(ActiveLearningLoop, "loop")
-        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.add_lightning_class_args(RunCheckpoint, "checkpoint")
         parser.add_lightning_class_args(ScoreWriter, "scores")
-        parser.set_defaults({
-            "checkpoint.save_last": True,
-            "checkpoint.save_top_k": -1,
-            "checkpoint.save_on_train_epoch_end": True,
-            "checkpoint.filename": "{epoch}",
-            "trainer.reload_dataloaders_every_n_epochs": 1,
-        })
+        parser.set_defaults({"trainer.reload_dataloaders_every_n_epochs": 1})
         parser.link_arguments("run_name", "loop.run_dir", compute_fn=run_dir_of)
         parser.link_arguments("run_name", "checkpoint.dirpath", compute_fn=run_dir_of)
         parser.link_arguments("run_name", "scores.output_path", compute_fn=scores_path_of)
@@ -83,6 +78,30 @@ class ActiveLearningCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir="lightning_logs", name=config.run_name, version=""),
             )
+
+    def _resolve_ckpt_path(self) -> None:
+        # `--ckpt_path last` means this run folder's newest loadable checkpoint (past a corrupt
+        # last.ckpt), or a fresh start when there is none yet: Lightning's own "last" knows neither.
+        config = self.config_init[self.subcommand]
+        if config.get("ckpt_path") is None:
+            return
+        config["ckpt_path"] = resolve_checkpoint(config.loop.run_dir, config["ckpt_path"])
+        if config["ckpt_path"] is None and self.subcommand == "fit":
+            # The run died before its first checkpoint: what it wrote is this same run's, to redo.
+            loop = next(c for c in self.trainer.callbacks if isinstance(c, ActiveLearningLoop))
+            loop.overwrite = True
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_path()
+
+    def before_predict(self) -> None:
+        self._resolve_ckpt_path()
 
 
 def main(args: list[str] | None = None) -> ActiveLearningCLI:
@@ -110,7 +129,11 @@ def entry_point() -> None:
 
         report(args[1:])
     else:
-        main()  # LightningCLI reads sys.argv itself
+        try:
+            main()  # LightningCLI reads sys.argv itself
+        except SIGTERMException as stopped:
+            # A run stopped by a signal is not finished: never exit 0 (a scheduler would not requeue it).
+            raise SystemExit(stopped.code or 143) from None
 
 
 if __name__ == "__main__":

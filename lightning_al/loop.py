@@ -9,6 +9,7 @@ so a checkpoint written at a round boundary already holds the new labels and the
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import time
@@ -21,9 +22,10 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.evaluation.diversity import initial_model_embeddings, mean_pairwise_cosine_distance
-from lightning_al.scoring.pool import score_pool
+from lightning_al.scoring.pool import PartialScores, ScoringInterrupted, score_pool
 from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes, strategy_from_name
 
 RetrainingPolicy = Literal["scratch", "continue", "incremental"]
@@ -84,6 +86,11 @@ class ActiveLearningLoop(Callback):
         self.diversity_sample = diversity_sample
         #: The newest acquired round (-1: nothing acquired yet). Saved in checkpoints.
         self.round = -1
+        #: The newest round whose training and evaluation are done and written. Saved in checkpoints: a run
+        #: stopped between a round's end and the next acquisition (ended == round) acquires on resume.
+        self.ended = -1
+        self._checkpoints: RunCheckpoint | None = None
+        self._new_optimizers = False
         #: Cost accounting, saved in checkpoints so that a resumed run reports the whole run.
         self.cost: dict[str, float] = dict(_NO_COST)
         self._rng_state: dict[str, Any] | None = None
@@ -114,17 +121,51 @@ class ActiveLearningLoop(Callback):
                 f"trainer.check_val_every_n_epoch ({trainer.check_val_every_n_epoch}) must divide "
                 f"loop.epochs_per_round ({self.epochs_per_round}): every round ends with an evaluation"
             )
+        self._check_resume_settings(trainer)
         if self.seed is None:
             self.seed = int(torch.initial_seed()) % 2**31
         dm.seed = self.seed
         dm.train_latest_round_only = self.retraining == "incremental"
         dm.evaluate_every_n_epochs = self.epochs_per_round
 
+    def _check_resume_settings(self, trainer: Trainer) -> None:
+        """The Trainer settings that exact resume depends on: errors, not silently weaker guarantees."""
+        if trainer.max_steps != -1:
+            raise ValueError(f"trainer.max_steps ({trainer.max_steps}) must be -1: rounds are counted in epochs")
+        if trainer.val_check_interval != 1.0:
+            raise ValueError(
+                f"trainer.val_check_interval ({trainer.val_check_interval}) must be 1.0: the evaluation runs at the "
+                "end of an epoch, where the loop ends its rounds and the round checkpoints are written"
+            )
+        checkpoints = [c for c in trainer.callbacks if isinstance(c, RunCheckpoint)]
+        if len(checkpoints) > 1:
+            raise ValueError("trainer.callbacks holds more than one RunCheckpoint; keep one")
+        if not checkpoints:
+            if trainer.checkpoint_callbacks:
+                raise ValueError(
+                    "The loop needs lightning_al.checkpointing.RunCheckpoint among trainer.callbacks (instead of or "
+                    "besides ModelCheckpoint): its checkpoints after each acquisition, within epochs and on SIGTERM "
+                    "are what resume relies on"
+                )
+            self._checkpoints = None  # checkpointing off (enable_checkpointing=False): nothing to resume from
+            return
+        self._checkpoints = checkpoints[0]
+        if self._checkpoints.dirpath.resolve() != self.run_dir.resolve():
+            raise ValueError(f"RunCheckpoint.dirpath ({self._checkpoints.dirpath}) must be loop.run_dir ({self.run_dir})")
+
     # ---------------------------------------------------------------- rounds
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._clock = time.perf_counter()
         if trainer.ckpt_path is not None:
-            return  # resuming: the checkpoint holds the rounds acquired so far
+            # Resuming: the checkpoint holds the rounds acquired so far. One taken after a round's end and
+            # before the next acquisition (stopped while scoring) acquires now, before the train
+            # dataloader is made; the scoring pass continues from its partial scores.
+            if self.ended == self.round and self.round + 1 < self.rounds:
+                self.acquire(trainer, pl_module, self.round + 1)
+                if self.retraining == "scratch":
+                    pl_module.reset_adapter()
+                self._new_optimizers = True  # after Lightning restores the old round's optimizer
+            return
         rounds_dir = self.run_dir / "rounds"
         # (Checked here, not in setup: Lightning resolves --ckpt_path only after setup.)
         if not self.overwrite and any(rounds_dir.glob("round_*.jsonl")):
@@ -134,20 +175,32 @@ class ActiveLearningLoop(Callback):
             )
         if trainer.is_global_zero:
             (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            # An earlier run's checkpoints would be taken for this run's by --ckpt_path last.
+            for stale in self.run_dir.glob("*.ckpt"):
+                stale.unlink()
+        trainer.strategy.barrier("ActiveLearningLoop.fresh_start")
         self.acquire(trainer, pl_module, 0)
 
-    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+    def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         # Restored here rather than in load_state_dict: the sanity check and the loaders run in between.
+        # (Not at the epoch start: a run resumed mid-epoch does not start an epoch.)
         if self._rng_state is not None:
             _set_rng_state(self._rng_state)
             self._rng_state = None
+        if self._new_optimizers:
+            trainer.strategy.setup_optimizers(trainer)
+            self._new_optimizers = False
 
     def on_train_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         finished = (trainer.current_epoch + 1) // self.epochs_per_round - 1
         self.end_round(trainer, pl_module, finished)
+        self.ended = finished
         if finished + 1 < self.rounds:
+            if self._checkpoints is not None and not isinstance(self.strategy, RandomSampling):
+                # The round's training and evaluation are safe before the (long) scoring pass begins.
+                self._checkpoints.save(trainer)
             self.acquire(trainer, pl_module, finished + 1)
             if self.retraining == "scratch":
                 pl_module.reset_adapter()
@@ -159,7 +212,13 @@ class ActiveLearningLoop(Callback):
         scores: dict[str, np.ndarray] = {}
         if self.strategy.score is not None:
             start = time.perf_counter()
-            scores = score_pool(trainer, pl_module, dm, candidates, desc=f"Scoring the pool for round {round}")
+            partial = self._partial_scores(trainer, pl_module, candidates, round)
+            try:
+                scores = score_pool(trainer, pl_module, dm, candidates, desc=f"Scoring the pool for round {round}",
+                                    partial=partial)
+            except ScoringInterrupted as stopped:
+                self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores "
+                                                f"({stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
             self.cost["scoring_seconds"] += time.perf_counter() - start
             self.cost["scoring_passes"] += 1
             self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
@@ -171,11 +230,35 @@ class ActiveLearningLoop(Callback):
         chosen = self.strategy.select(candidates, scores.get(self.strategy.score), self.sizes[round], rng, **inputs)
         dm.acquire(chosen, round)
         self.round = round
+        if self._checkpoints is not None:
+            self._checkpoints.round_acquired(round)
         position = np.searchsorted(candidates, chosen)
         chosen_scores = {k: v[position] for k, v in scores.items()}
         if trainer.is_global_zero:
             self._write_round(dm, round, chosen, chosen_scores)
         self._log_round(trainer, dm, round, chosen, scores, chosen_scores)
+
+    def _partial_scores(self, trainer: Trainer, pl_module: LightningModule, candidates: np.ndarray,
+                        round: int) -> PartialScores | None:
+        """Where this rank's scoring pass of ``round`` saves its partial scores, keyed on the model's
+        trainable weights, its settings and the candidates, so that only the same pass continues them."""
+        checkpoints = self._checkpoints
+        if checkpoints is None:
+            return None
+        key = hashlib.sha256(f"{round}|{self.seed}|{sorted(pl_module.hparams.items())!r}|".encode())
+        key.update(np.ascontiguousarray(candidates).tobytes())
+        for name, param in pl_module.named_parameters():
+            if param.requires_grad:
+                key.update(name.encode())
+                key.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+        minutes = checkpoints.scores_every_n_minutes
+        return PartialScores(
+            path=self.run_dir / "scoring" / f"round_{round}.rank{trainer.global_rank}.pt",
+            key=key.hexdigest(),
+            every_n_batches=checkpoints.scores_every_n_batches,
+            every_n_seconds=None if minutes is None else 60 * minutes,
+            stop_requested=lambda: checkpoints.stop_signal is not None or trainer.received_sigterm,
+        )
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._eval_start = None if trainer.sanity_checking else time.perf_counter()
@@ -282,10 +365,12 @@ class ActiveLearningLoop(Callback):
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "seed": self.seed, "cost": dict(self.cost), "rng": _get_rng_state()}
+        return {"round": self.round, "ended": self.ended, "seed": self.seed, "cost": dict(self.cost),
+                "rng": _get_rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.round = state_dict["round"]
+        self.ended = state_dict.get("ended", self.round - 1)
         self.seed = state_dict["seed"]
         self.cost = {**_NO_COST, **state_dict["cost"]}
         self._rng_state = state_dict["rng"]

@@ -59,14 +59,16 @@ def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int])
 
 
 def cell_status(run_dir: Path, rounds: int) -> str:
-    """``finished`` (metrics of its last round are written), ``interrupted`` (a checkpoint to resume
+    """``finished`` (metrics of its last round are written), ``interrupted`` (something to resume
     from) or ``new``."""
     metrics = run_dir / "metrics.jsonl"
     if metrics.exists():
         done = {json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()}
         if rounds - 1 in done:
             return "finished"
-    return "interrupted" if (run_dir / "last.ckpt").exists() else "new"
+    # Anything a killed cell leaves (a checkpoint, partial scores, an acquired round) is resumed from.
+    started = any(run_dir.glob("*.ckpt")) or any(run_dir.glob("scoring/*")) or any(run_dir.glob("rounds/*"))
+    return "interrupted" if started else "new"
 
 
 def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Sequence[str]) -> list[str]:
@@ -76,8 +78,9 @@ def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Seque
     args = ["fit", f"--config={config}", *overrides, f"--run_name={run_name}", f"--loop.strategy={cell.loop_strategy}",
             f"--loop.rounds={cell.rounds}", f"--seed_everything={cell.seed}"]
     if status == "interrupted":
-        return [*args, f"--ckpt_path={Path(run_dir_of(run_name)) / 'last.ckpt'}"]
-    # A cell that died before its first checkpoint starts again from scratch.
+        # The newest loadable checkpoint; a cell killed before its first one starts again, reusing its
+        # partial scoring pass (see lightning_al.checkpointing.resolve_checkpoint).
+        return [*args, "--ckpt_path=last"]
     return [*args, "--loop.overwrite=true"]
 
 

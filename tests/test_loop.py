@@ -23,7 +23,7 @@ def test_budget_split(budget, rounds, expected):
 
 
 def test_fit_runs_all_rounds_and_writes_outputs(workdir):
-    cli = main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 3, "loop.budget": 31})])
+    cli = main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 3, "loop.budget": 31, "checkpoint.keep": "epochs"})])
     run_dir = workdir / "checkpoints" / "tiny"
     rounds = read_rounds(run_dir)
     assert sorted(rounds) == [0, 1, 2]
@@ -39,8 +39,10 @@ def test_fit_runs_all_rounds_and_writes_outputs(workdir):
         assert sorted(dm.ids[dm.labeled_indices(r)].tolist()) == sorted(row["id"] for row in rounds[r])
     # Per-round and last checkpoints, adapters in peft format, TensorBoard events, the config.
     assert (run_dir / "last.ckpt").exists()
-    # One checkpoint per epoch; epochs_per_round=2, so rounds end at epochs 1, 3, 5.
-    assert sorted(p.name for p in run_dir.glob("epoch=*.ckpt")) == [f"epoch={e}.ckpt" for e in range(6)]
+    # keep=epochs: one checkpoint per epoch (epochs_per_round=2, so rounds end at epochs 1, 3, 5) besides
+    # the one right after each acquisition (round 0's before any training).
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == sorted(
+        ["last.ckpt", *(f"epoch={e}.ckpt" for e in range(6)), *(f"round={r}.ckpt" for r in range(3))])
     assert (run_dir / "config.yaml").exists()
     assert list((workdir / "lightning_logs" / "tiny").glob("events.out.tfevents.*"))
     adapter = run_dir / "rounds" / "round_2" / "adapter"
@@ -83,3 +85,10 @@ def test_resume_matches_uninterrupted_run(workdir, crash_epoch):
     ids, loss = _final(resumed)
     assert ids == ref_ids
     assert loss == pytest.approx(ref_loss, abs=1e-6)
+
+
+@pytest.mark.parametrize("setting, message", [("--trainer.val_check_interval=0.5", "val_check_interval"),
+                                              ("--trainer.max_steps=3", "max_steps")])
+def test_settings_that_resume_depends_on_are_checked(workdir, setting, message):
+    with pytest.raises(ValueError, match=message):
+        main(["fit", *tiny_run_args(workdir), setting])

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
+from torch.utils.data import DataLoader, Sampler
 
 IGNORE_INDEX = -100
 
@@ -77,6 +77,42 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, len(order), group):
             chunk = order[start : start + group]
             yield from chunk[np.argsort(-self.lengths[chunk], kind="stable")].tolist()
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose position in the epoch rides in Lightning's checkpoints.
+
+    Lightning saves the ``state_dict()`` of a train dataloader that has one and hands it back to
+    ``load_state_dict`` when a run resumes; the next iteration then skips the batches the
+    checkpointed run had already trained on, so a run resumed mid-epoch sees the rest of the same
+    order (the order itself comes from the seeded sampler). Under DDP, Lightning rebuilds the loader
+    with a distributed sampler and each rank skips its own batches.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._served = 0
+        self._skip = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        skip, self._skip = self._skip, 0
+        self._served = 0
+        iterator = super().__iter__()
+        for _ in range(skip):  # collating a skipped batch costs far less than training on it
+            next(iterator)
+            self._served += 1
+        for batch in iterator:
+            self._served += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        # Lightning does not prefetch from a loader with a length: served == batches trained on.
+        return {"batches": self._served, "length": len(self)}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        # A whole epoch served (an epoch-end checkpoint) means the next epoch starts from its beginning.
+        batches = int(state_dict.get("batches", 0))
+        self._skip = batches if batches < int(state_dict.get("length", len(self))) else 0
 
 
 def length_sorted(indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
-from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, length_sorted
+from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, ResumableDataLoader, length_sorted
 from lightning_al.data.formatting import tokenize_batch
 from lightning_al.data.sources import PoolSource, SyntheticTasks
 from lightning_al.evaluation.sets import Evaluation, HeldOutAnswers
@@ -313,7 +313,10 @@ class ActiveLearningDataModule(LightningDataModule):
         # A new order each epoch, reproducible from (seed, epoch) so that a resumed run sees the same batches.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         sampler = LengthGroupedSampler(self.pool_lengths[indices], self.batch_size, seed=self.seed * 100_003 + epoch)
-        return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler)
+        # Resumable: a mid-epoch checkpoint holds the loader's position, so a resumed run trains on the
+        # rest of this epoch's batches.
+        return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler,
+                            loader_class=ResumableDataLoader)
 
     def val_dataloader(self) -> list[DataLoader]:
         """The held-out loss every epoch; the evaluation sets too when a round ends (and in ``validate``)."""
@@ -350,8 +353,9 @@ class ActiveLearningDataModule(LightningDataModule):
     def pool_lengths(self) -> np.ndarray:
         return self.prompt_lengths + self.response_lengths
 
-    def _loader(self, indices: np.ndarray, batch_size: int, collator: CausalLMCollator, sampler=None) -> DataLoader:
-        return DataLoader(
+    def _loader(self, indices: np.ndarray, batch_size: int, collator: CausalLMCollator, sampler=None,
+                loader_class: type[DataLoader] = DataLoader) -> DataLoader:
+        return loader_class(
             Subset(self.pool, indices.tolist()),
             batch_size=batch_size,
             sampler=sampler,

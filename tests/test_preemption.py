@@ -1,0 +1,175 @@
+"""Pre-emption safety: runs killed at every phase and resumed with ``--ckpt_path last`` end exactly as an
+uninterrupted run; SIGTERM stops at a whole state with a non-zero exit and the resume command; a
+truncated checkpoint is named and skipped; retention; the held-out loss counts each example once
+under 2-process DDP.
+
+The CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once)
+and kill themselves with ``tests.kill_switch.KillAt`` at named phases, so nothing depends on timing.
+"""
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from lightning_al.checkpointing import CheckpointError, check_checkpoint, resolve_checkpoint, resume_command
+from lightning_al.cli import main
+from lightning_al.evaluation.metrics import ExampleMean
+from tests.conftest import REPO, tiny_run_args
+from tests.helpers import read_rounds
+
+ENTROPY = "lightning_al.strategies.EntropySampling"
+SHORT_ANSWERS = '[{"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}}]'
+
+DRIVER = textwrap.dedent("""
+    import json, os, sys, traceback
+    import lightning_al.cli  # imported once; every run is a forked child
+    for line in sys.stdin:
+        log, argv = json.loads(line)
+        pid = os.fork()
+        if pid == 0:
+            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.dup2(out, 1)
+            os.dup2(out, 2)
+            sys.argv = argv
+            code = 0
+            try:
+                lightning_al.cli.entry_point()
+            except SystemExit as stop:
+                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
+""")
+
+
+class Driver:
+    """Runs ``lightning-al`` commands in forked children of one process; returns exit status and output."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        self.process = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=workdir, env=env, text=True,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.runs = 0
+
+    def run(self, argv: list[str]) -> tuple[int, str]:
+        self.runs += 1
+        log = self.workdir / f"run-{self.runs}.log"
+        self.process.stdin.write(json.dumps([str(log), argv]) + "\n")
+        self.process.stdin.flush()
+        line = self.process.stdout.readline()
+        assert line, f"the driver died; {log.read_text()[-3000:] if log.exists() else ''}"
+        return json.loads(line), log.read_text()
+
+    def close(self):
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
+def _results(run_dir):
+    ids = {r: [row["id"] for row in rows] for r, rows in read_rounds(run_dir).items()}
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # Costs (wall time, passes) differ by design in a resumed run; everything else must not.
+    metrics = {(row["round"], row["evaluation"]): row for row in rows if row["evaluation"] != "cost"}
+    return ids, metrics
+
+
+def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
+    def args(run_name, *extra):
+        options = {"loop.strategy": ENTROPY, "model.score_source": "prompt", "data.evaluations": SHORT_ANSWERS,
+                   "checkpoint.every_n_train_steps": 2, "checkpoint.every_n_minutes": "null",
+                   "checkpoint.scores_every_n_batches": 1}
+        return ["lightning-al", "fit", *tiny_run_args(workdir, run_name=run_name, **options), *extra]
+
+    # Round 0 trains on 20 labels (3 batches: steps 1-3, 4-6), round 1 on 40 (5 batches: steps 7-11, 12-16);
+    # a checkpoint every 2 steps (not at an epoch's last batch) and after every scoring batch.
+    phases = ["scoring:0:3", "acquired:0", "step:5", "eval:1", "scoring:1:3", "step:9@SIGTERM"]
+    kill = json.dumps({"class_path": "tests.kill_switch.KillAt",
+                       "init_args": {"phases": phases, "marker_dir": str(workdir / "markers")}})
+    driver = Driver(workdir)
+    try:
+        code, log = driver.run(args("reference"))
+        assert code == 0, log[-3000:]
+        command = args("killed", f"--trainer.callbacks=[{kill}]")
+        run_dir = workdir / "checkpoints" / "killed"
+        codes, logs = [], []
+        for attempt in range(len(phases)):
+            code, log = driver.run(command + ["--ckpt_path", "last"] * (attempt > 0))
+            codes.append(code)
+            logs.append(log)
+        assert codes == [-9] * 5 + [143], (codes, [log[-1500:] for log in logs])
+        # Killed before any checkpoint: --ckpt_path last says so and starts again, reusing the scores.
+        assert "no loadable checkpoint" in logs[1] and "continuing a saved pass" in logs[1]
+        assert "continuing a saved pass" in logs[5]  # round 1's pass after its kill
+        # SIGTERM: checkpointed at the step, non-zero exit, and the exact command that resumes.
+        resume = shlex.join(command + ["--ckpt_path", "last"])
+        assert f"Resume with:\n  {resume}" in logs[5], logs[5][-2000:]
+        # A truncated last.ckpt: named, and the newest loadable checkpoint takes over.
+        last = run_dir / "last.ckpt"
+        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+        code, log = driver.run(shlex.split(resume))
+        assert code == 0, log[-3000:]
+        assert "checkpoint checkpoints/killed/last.ckpt cannot be loaded" in log
+        assert "Resuming from the newest loadable one instead: checkpoints/killed/round=1.ckpt" in log
+        assert "weights_only=False" not in log
+    finally:
+        driver.close()
+    assert _results(run_dir) == _results(workdir / "checkpoints" / "reference")
+    # Retention: last.ckpt and the checkpoints right after each acquisition; no partial scores left.
+    assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["last.ckpt", "round=0.ckpt", "round=1.ckpt"]
+    assert not list((run_dir / "scoring").glob("*"))
+
+
+def test_checkpoint_errors_name_the_file_and_last_falls_back(workdir, capsys):
+    run_dir = workdir / "run"
+    run_dir.mkdir()
+    assert resolve_checkpoint(run_dir, "last") is None  # nothing yet: a fresh start, said in one line
+    good = run_dir / "round=0.ckpt"
+    torch.save({"state_dict": {}, "epoch": 0}, good)
+    (run_dir / "last.ckpt").write_bytes(os.urandom(1000))
+    with pytest.raises(CheckpointError, match="last.ckpt cannot be loaded") as error:
+        check_checkpoint(run_dir / "last.ckpt")
+    assert "weights_only=False" not in str(error.value)
+    with pytest.warns(UserWarning, match="Resuming from the newest loadable one instead"):
+        assert resolve_checkpoint(run_dir, "last") == str(good)
+    with pytest.raises(CheckpointError, match="missing.ckpt does not exist"):
+        resolve_checkpoint(run_dir, run_dir / "missing.ckpt")
+    assert resume_command(["/usr/bin/lightning-al", "fit", "--run_name=x", "--ckpt_path", "a.ckpt"]) == \
+        "lightning-al fit --run_name=x --ckpt_path last"
+    assert resume_command(["lightning-al", "study", "--config=s.yaml"]) == "lightning-al study --config=s.yaml"
+
+
+def test_example_mean_counts_repeated_examples_once():
+    metric = ExampleMean()
+    metric.update(torch.tensor([2.0, 9.0]), torch.tensor([0, 1]), torch.tensor([1, 3]))
+    metric.update(torch.tensor([9.0]), torch.tensor([1]), torch.tensor([3]))  # a DDP padding repeat
+    assert float(metric.compute()) == pytest.approx(11 / 4)
+
+
+def test_ddp_heldout_loss_equals_one_process(workdir):
+    # lr 0: the model stays the initial one, so both runs evaluate the same model; 17 held-out examples
+    # in batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once.
+    options = {"loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 8, "data.validation_size": 17,
+               "data.eval_batch_size": 4, "data.evaluations": "[]",
+               "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
+    single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
+    expected = float(single.trainer.callback_metrics["heldout/loss"])
+    args = tiny_run_args(workdir, run_name="ddp", **options)
+    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, "--trainer.strategy=ddp",
+                             "--trainer.devices=2"], cwd=workdir, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (workdir / "checkpoints" / "ddp" / "metrics.jsonl").open()]
+    loss = next(row["loss"] for row in rows if row["evaluation"] == "heldout")
+    assert loss == pytest.approx(expected, rel=1e-5)
