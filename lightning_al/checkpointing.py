@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -107,6 +108,8 @@ class RunCheckpoint(Checkpoint):
         # already there: so round 0's scoring pass is covered too. A requeue-signal handler of ours also
         # keeps Lightning from saving its hpc checkpoint from inside the handler, at an arbitrary point.
         environment = getattr(trainer.strategy, "cluster_environment", None)
+        if environment is None and SLURMEnvironment.detect():
+            environment = SLURMEnvironment()  # what Lightning uses on SLURM with a single-device strategy
         signals = [signal.SIGTERM, signal.SIGINT]
         if getattr(environment, "auto_requeue", False) and getattr(environment, "requeue_signal", None) is not None:
             self._requeue_signal = int(environment.requeue_signal)

@@ -79,9 +79,10 @@ class ExampleMean(Metric):
         self.add_state("weight", default=[], dist_reduce_fx="cat")
 
     def update(self, total: torch.Tensor, example: torch.Tensor, weight: torch.Tensor | None = None) -> None:
-        total = torch.as_tensor(total).detach().reshape(-1)
-        example = torch.as_tensor(example, device=total.device).reshape(-1).long()
-        weight = torch.ones_like(total) if weight is None else torch.as_tensor(weight, device=total.device).reshape(-1)
+        # On the metric's device: the records are gathered across processes there (NCCL: the GPU).
+        total = torch.as_tensor(total).detach().to(self.device).reshape(-1)
+        example = torch.as_tensor(example).to(self.device).reshape(-1).long()
+        weight = torch.ones_like(total) if weight is None else torch.as_tensor(weight).to(self.device).reshape(-1)
         if not len(total) == len(example) == len(weight):
             raise ValueError(f"ExampleMean.update: {len(total)} totals, {len(example)} keys, {len(weight)} weights")
         # Float64 sums, so that the mean does not depend on the order or the split of the examples.

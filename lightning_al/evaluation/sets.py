@@ -14,13 +14,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
-from torchmetrics import MeanMetric
 
 from lightning_al.data.batching import CausalLMCollator, length_sorted
 from lightning_al.data.formatting import prompt_text
 from lightning_al.evaluation.answers import answer_of, exact_match, extract_answer, reference_answer, truncate_at_stop
 from lightning_al.evaluation.bbh import BBH_STOP_STRINGS, bbh_chat_turns, bbh_prompt, load_bbh
-from lightning_al.evaluation.metrics import GroupedAccuracy
+from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
 from lightning_al.evaluation.multiple_choice import choice_continuations, load_multiple_choice
 from lightning_al.evaluation.scoring import choice_logprobs
 from lightning_al.model.inference import greedy_generate
@@ -89,7 +88,7 @@ class _GenerativeEvaluation(Evaluation):
     def __init__(self, name: str, max_new_tokens: int) -> None:
         super().__init__(name)
         self.max_new_tokens = max_new_tokens
-        self.answered = MeanMetric()
+        self.answered = ExampleMean()  # per example: DDP's padding repeats count once
 
     def correct(self, module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         texts = greedy_generate(module.model, module.tokenizer, batch["input_ids"], batch["attention_mask"],
@@ -97,7 +96,7 @@ class _GenerativeEvaluation(Evaluation):
         rows = [self.rows[i] for i in batch["index"].tolist()]
         predictions = [self.prediction(truncate_at_stop(t, self.stop_strings), r) for t, r in zip(texts, rows)]
         self.answered.to(batch["input_ids"].device)
-        self.answered.update(torch.tensor([float(p is not None) for p in predictions]))
+        self.answered.update(torch.tensor([float(p is not None) for p in predictions]), batch["index"])
         return torch.tensor([float(exact_match(p, self.target(r))) for p, r in zip(predictions, rows)])
 
     def compute(self) -> dict[str, float]:
