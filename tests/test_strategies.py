@@ -70,13 +70,13 @@ def naive_k_center(x: np.ndarray, labeled: np.ndarray, k: int, first: int | None
 
 
 @pytest.mark.parametrize("labeled_rows", [0, 6])
-@pytest.mark.parametrize("block_size", [1, 4, 512])
-def test_k_center_is_naive_farthest_first(labeled_rows, block_size):
+@pytest.mark.parametrize("shortlist", [1, 4, 512])
+def test_k_center_is_naive_farthest_first(labeled_rows, shortlist):
     x, labeled = unit(90, seed=1), unit(labeled_rows, seed=2)
     xt, lt = torch.tensor(f64(x), dtype=torch.float32), torch.tensor(f64(labeled), dtype=torch.float32).reshape(-1, 8)
     first = 17 if not labeled_rows else None
-    # Small block sizes and refresh batches go through every path: flushes, stale bounds, refreshes.
-    got = k_center_greedy(xt, lt, 60, first, block_size=block_size, refresh=3)
+    # A short shortlist goes through every path: pool updates, shortlists running out or overtaken.
+    got = k_center_greedy(xt, lt, 60, first, shortlist=shortlist)
     assert got == naive_k_center(f64(x), f64(labeled).reshape(-1, 8), 60, first)
 
 

@@ -25,14 +25,15 @@ from lightning_al.strategies.embeddings import nearest_similarity, rows_per_bloc
 Column = Callable[[int], tuple[np.ndarray | slice, np.ndarray]]
 
 
-def knn_graph(x: torch.Tensor, knn: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def knn_graph(x: torch.Tensor, knn: int, row_limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparse clipped similarity by column (CSC): column j holds the rows i that have j among their
-    ``knn`` most similar rows, sorted by i. Returns (column pointers [N + 1], rows, float32 values)."""
+    ``knn`` most similar rows, sorted by i. Returns (column pointers [N + 1], rows, float32 values).
+    ``row_limit`` builds only the first rows' neighbours (a benchmark times part of a large graph)."""
     n = len(x)
     knn = min(knn, n)
     rows, cols, vals = [], [], []
     step = rows_per_block(n)
-    for r in range(0, n, step):
+    for r in range(0, n if row_limit is None else min(row_limit, n), step):
         block = x[r : r + step] @ x.T
         block[:, r : r + step].fill_diagonal_(1.0)  # cos(i, i) is 1; float32 rounding would say 1 - 6e-8
         top = torch.topk(block, knn, dim=1)
