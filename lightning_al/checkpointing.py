@@ -212,7 +212,13 @@ class RunCheckpoint(Checkpoint):
         # Round 0 (and a round acquired on resume) was acquired in on_fit_start, before Lightning restored
         # the loops: here the checkpoint holds the whole state.
         if self._round_due is not None:
-            self.save_round(trainer)
+            path = self.save_round(trainer)
+            if self.stop_requested(trainer):
+                self.stop(trainer, f"checkpoint {path} (round {self.loop_round(trainer)} acquired, before training)")
+
+    @staticmethod
+    def loop_round(trainer: Trainer) -> int:
+        return max((getattr(c, "round", -1) for c in trainer.callbacks if hasattr(c, "ended")), default=-1)
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:

@@ -3,8 +3,13 @@
 One ``Trainer.fit`` covers all rounds: ``max_epochs = rounds * epochs_per_round`` and the train
 dataloader is reloaded every epoch, so it serves the labeled set as it grows. Round 0 is acquired in
 ``on_fit_start`` with the initial model; round r+1 at the end of round r's last epoch, after which the
-retraining policy resets what it resets. Lightning runs ``ModelCheckpoint`` after the other callbacks,
-so a checkpoint written at a round boundary already holds the new labels and the reset adapter.
+retraining policy resets what it resets. Lightning runs checkpoint callbacks after the other callbacks,
+so the ``RunCheckpoint`` written at a round boundary already holds the new labels and the reset
+adapter (round 0's is written in ``on_train_start``, once Lightning has set up the loops).
+
+Pre-emption: the loop checkpoints after a round's end, before the next scoring pass, and scoring
+passes save partial scores; a run resumed from a checkpoint taken between a round's end and the next
+acquisition (``ended == round``) acquires in ``on_fit_start``, continuing the saved pass.
 """
 
 from __future__ import annotations
@@ -24,7 +29,11 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.data.datamodule import ActiveLearningDataModule
-from lightning_al.evaluation.diversity import initial_model_embeddings, mean_pairwise_cosine_distance
+from lightning_al.evaluation.diversity import (
+    initial_model_embeddings,
+    mean_pairwise_cosine_distance,
+    prompt_embedding_pass,
+)
 from lightning_al.scoring.pool import PartialScores, ScoringInterrupted, score_pool
 from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes, strategy_from_name
 
@@ -210,12 +219,13 @@ class ActiveLearningLoop(Callback):
         dm: ActiveLearningDataModule = trainer.datamodule
         candidates = dm.unlabeled_indices()
         scores: dict[str, np.ndarray] = {}
+        inputs: dict[str, np.ndarray] = {}
         if self.strategy.score is not None:
             start = time.perf_counter()
             partial = self._partial_scores(trainer, pl_module, candidates, round)
             try:
                 scores = score_pool(trainer, pl_module, dm, candidates, desc=f"Scoring the pool for round {round}",
-                                    partial=partial)
+                                    partial=partial, embeddings=self.strategy.needs_embeddings)
             except ScoringInterrupted as stopped:
                 self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores "
                                                 f"({stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
@@ -223,10 +233,10 @@ class ActiveLearningLoop(Callback):
             self.cost["scoring_passes"] += 1
             self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
         rng = np.random.default_rng([self.seed, round])
-        inputs = {"tasks": dm.tasks[candidates]} if self.strategy.needs_tasks else {}
-        if self.strategy.needs_embeddings and inputs.get("embeddings") is None:
-            raise RuntimeError(f"loop.strategy {self.strategy!r} needs prompt embeddings, which this loop does not "
-                               "compute yet; use a score-based strategy")
+        if self.strategy.needs_tasks:
+            inputs["tasks"] = dm.tasks[candidates]
+        if self.strategy.needs_embeddings:
+            inputs.update(self._embeddings(trainer, pl_module, dm, candidates, scores))
         chosen = self.strategy.select(candidates, scores.get(self.strategy.score), self.sizes[round], rng, **inputs)
         dm.acquire(chosen, round)
         self.round = round
@@ -237,6 +247,25 @@ class ActiveLearningLoop(Callback):
         if trainer.is_global_zero:
             self._write_round(dm, round, chosen, chosen_scores)
         self._log_round(trainer, dm, round, chosen, scores, chosen_scores)
+
+    def _embeddings(self, trainer: Trainer, pl_module: LightningModule, dm: ActiveLearningDataModule,
+                    candidates: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Candidates' and labeled examples' prompt embeddings by the current model, float16. The
+        candidates' come from the scoring pass when there is one; a strategy that needs no score
+        gets them from a forward pass of the prompts (no generation)."""
+        def embed(indices: np.ndarray) -> np.ndarray:
+            return prompt_embedding_pass(trainer, pl_module, dm, indices).numpy().astype(np.float16)
+
+        if "embedding" in scores:
+            candidate_embeddings = scores.pop("embedding")
+        else:
+            start = time.perf_counter()
+            candidate_embeddings = embed(candidates)
+            self.cost["scoring_seconds"] += time.perf_counter() - start
+            self.cost["tokens_scored"] += float(dm.prompt_lengths[candidates].sum())
+        labeled = dm.labeled_indices()
+        labeled_embeddings = embed(labeled) if len(labeled) else np.zeros((0, candidate_embeddings.shape[1]), np.float16)
+        return {"embeddings": candidate_embeddings, "labeled_embeddings": labeled_embeddings}
 
     def _partial_scores(self, trainer: Trainer, pl_module: LightningModule, candidates: np.ndarray,
                         round: int) -> PartialScores | None:

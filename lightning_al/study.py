@@ -2,8 +2,8 @@
 
 Cells run one after the other in this process, each in its own run directory
 ``checkpoints/<study>/<strategy>-m<m>-s<seed>``. Running the command again skips finished cells
-and resumes an interrupted one from its ``last.ckpt``; ``--cell i`` runs only cell i, so that
-cells can be separate jobs (one per GPU, a cluster array job). The report of every finished
+and resumes an interrupted one (``--ckpt_path last``: its newest loadable checkpoint); ``--cell i``
+runs only cell i, so that cells can be separate jobs (one per GPU, a cluster array job). The report of every finished
 cell is written to ``reports/<study>`` at the end (or later with ``lightning-al report``).
 """
 
