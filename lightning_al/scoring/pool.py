@@ -74,7 +74,7 @@ class PartialScores:
 
 @torch.inference_mode()
 def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices: np.ndarray, desc: str = "Scoring",
-               partial: PartialScores | None = None) -> dict[str, np.ndarray]:
+               partial: PartialScores | None = None, embeddings: bool = False) -> dict[str, np.ndarray]:
     """Scores of ``indices`` (sorted pool indices; the result is aligned with them) through
     ``pl_module.predict_step``.
 
@@ -82,6 +82,8 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
     sorted); shards are padded to equal size for ``all_gather`` and the duplicates dropped after.
     The module runs unwrapped (no DDP forward) in eval mode under the precision plugin's context.
     With ``partial``, the pass continues from the scores saved there and saves its own as it goes.
+    With ``embeddings``, the result also holds ``"embedding"``: each prompt's embedding from the same
+    forward pass, [len(indices), hidden] float16 (for diversity strategies).
     """
     if np.any(np.diff(indices) <= 0):
         raise ValueError("score_pool: indices must be sorted and unique")
@@ -94,10 +96,10 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
     # The order score_dataloader serves (it sorts again; a no-op here): a resumed pass skips a prefix of
     # it, a whole number of batches, so its remaining batches are those of an uninterrupted pass.
     shard = length_sorted(shard, datamodule.prompt_lengths)
-    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("index", *SCORE_NAMES)}
+    outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("index", *SCORE_NAMES, *(["embedding"] if embeddings else []))}
     done = 0
     if partial is not None:
-        key = hashlib.sha256(f"{partial.key}|{datamodule.eval_batch_size}|".encode() + shard.tobytes()).hexdigest()
+        key = hashlib.sha256(f"{partial.key}|{datamodule.eval_batch_size}|{embeddings}|".encode() + shard.tobytes()).hexdigest()
         saved = partial.load(key)
         if saved is not None:
             done, scores = saved
@@ -115,7 +117,7 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
                 batch = trainer.strategy.batch_to_device(batch)
                 result = pl_module.predict_step(batch, 0)
                 for k in outputs:
-                    outputs[k].append((result[k].double() if k != "index" else result[k]).cpu())
+                    outputs[k].append((result[k].double() if k in SCORE_NAMES else result[k]).cpu())
                 done += len(result["index"])
                 unsaved += 1
                 if partial is None:
@@ -134,9 +136,12 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
         partial.save(key, done, outputs)  # whole: a kill before the acquisition is saved loses no scoring
     device = trainer.strategy.root_device  # all_gather may need the accelerator's tensors (NCCL)
     local = {k: (torch.cat(v) if v else torch.empty(0)).to(device) for k, v in outputs.items()}
-    gathered = {k: trainer.strategy.all_gather(v).reshape(-1).cpu().numpy() for k, v in local.items()}
+    gathered = {k: trainer.strategy.all_gather(v).reshape(-1, *v.shape[1:]).cpu().numpy() for k, v in local.items()}
     position = np.searchsorted(indices, gathered["index"])
     scores = {k: np.full(len(indices), np.nan) for k in SCORE_NAMES}
     for k in SCORE_NAMES:
         scores[k][position] = gathered[k]
+    if embeddings:
+        scores["embedding"] = np.zeros((len(indices), gathered["embedding"].shape[-1]), dtype=np.float16)
+        scores["embedding"][position] = gathered["embedding"]
     return scores
