@@ -271,8 +271,8 @@ def _link_or_copy_on_zero(trainer: Trainer, source: Path, target: Path) -> None:
 
 
 # -------------------------------------------------------------------- resuming
-def check_checkpoint(path: str | Path) -> None:
-    """Raise ``CheckpointError`` naming ``path`` unless it loads as a checkpoint (with
+def check_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at ``path``; a ``CheckpointError`` naming ``path`` unless it loads (with
     ``torch.load(weights_only=True)``: a checkpoint of this system never needs more)."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -286,6 +286,13 @@ def check_checkpoint(path: str | Path) -> None:
         raise CheckpointError(f"checkpoint {path} cannot be loaded; it is truncated or corrupt ({detail})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} cannot be loaded; it is not a Lightning checkpoint")
+    return checkpoint
+
+
+def _resuming_from(path: str | Path, checkpoint: dict[str, Any]) -> str:
+    where = f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}"
+    rank_zero_info(f"Resuming from {path} ({where})")
+    return str(path)
 
 
 def resolve_checkpoint(run_dir: str | Path, ckpt_path: str | Path | None) -> str | None:
@@ -299,8 +306,7 @@ def resolve_checkpoint(run_dir: str | Path, ckpt_path: str | Path | None) -> str
     if ckpt_path is None:
         return None
     if str(ckpt_path) != "last":
-        check_checkpoint(ckpt_path)
-        return str(ckpt_path)
+        return _resuming_from(ckpt_path, check_checkpoint(ckpt_path))
     run_dir = Path(run_dir)
     others = sorted((p for p in run_dir.glob("*.ckpt") if p.name != LAST), key=lambda p: p.stat().st_mtime,
                     reverse=True)
@@ -308,13 +314,13 @@ def resolve_checkpoint(run_dir: str | Path, ckpt_path: str | Path | None) -> str
     skipped: list[str] = []
     for path in candidates:
         try:
-            check_checkpoint(path)
+            checkpoint = check_checkpoint(path)
         except CheckpointError as error:
             skipped.append(str(error))
             continue
         if skipped:
             rank_zero_warn("; ".join(skipped) + f". Resuming from the newest loadable one instead: {path}")
-        return str(path)
+        return _resuming_from(path, checkpoint)
     if skipped:
         rank_zero_warn("; ".join(skipped) + ".")
     rank_zero_info(f"--ckpt_path last: no loadable checkpoint in {run_dir} yet, so the run starts from the "

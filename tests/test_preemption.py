@@ -78,7 +78,7 @@ class Driver:
 
 
 def _results(run_dir):
-    ids = {r: [row["id"] for row in rows] for r, rows in read_rounds(run_dir).items()}
+    ids = read_rounds(run_dir)  # the ids of every round and their scores
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     # Costs (wall time, passes) differ by design in a resumed run; everything else must not.
     metrics = {(row["round"], row["evaluation"]): row for row in rows if row["evaluation"] != "cost"}
@@ -111,6 +111,8 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
         assert codes == [-9] * 5 + [143], (codes, [log[-1500:] for log in logs])
         # Killed before any checkpoint: --ckpt_path last says so and starts again, reusing the scores.
         assert "no loadable checkpoint" in logs[1] and "continuing a saved pass" in logs[1]
+        # Killed at step 5 and during round 0's evaluation: both resume mid-epoch 1, after step 4.
+        assert "(epoch 1, global step 4)" in logs[3] and "(epoch 1, global step 4)" in logs[4]
         assert "continuing a saved pass" in logs[5]  # round 1's pass after its kill
         # SIGTERM: checkpointed at the step, non-zero exit, and the exact command that resumes.
         resume = shlex.join(command + ["--ckpt_path", "last"])
