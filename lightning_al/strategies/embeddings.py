@@ -22,10 +22,13 @@ def unit_float32(x: Any, device: torch.device | None = None) -> torch.Tensor:
         t = t.to(device)
     if t.ndim != 2:
         raise ValueError(f"embeddings must be 2-D [n, d], got shape {tuple(t.shape)}")
-    t = t.to(torch.float32)
-    if not torch.isfinite(t).all():
+    # One float32 copy, normalised in place: the caller's tensor is never modified, and a [N, d] temporary
+    # more would double the peak (90K x 2048: 737 MB each).
+    t = t.to(torch.float32, copy=True)
+    norms = t.norm(dim=1, keepdim=True)
+    if not torch.isfinite(norms).all():  # a NaN or inf anywhere in a row makes its norm one
         raise ValueError("embeddings contain NaN or inf")
-    return t / t.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    return t.div_(norms.clamp_min_(1e-12))
 
 
 def rows_per_block(columns: int) -> int:
