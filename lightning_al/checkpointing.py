@@ -214,11 +214,7 @@ class RunCheckpoint(Checkpoint):
         if self._round_due is not None:
             path = self.save_round(trainer)
             if self.stop_requested(trainer):
-                self.stop(trainer, f"checkpoint {path} (round {self.loop_round(trainer)} acquired, before training)")
-
-    @staticmethod
-    def loop_round(trainer: Trainer) -> int:
-        return max((getattr(c, "round", -1) for c in trainer.callbacks if hasattr(c, "ended")), default=-1)
+                self.stop(trainer, f"checkpoint {path} (right after the acquisition, before training)")
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
