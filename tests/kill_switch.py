@@ -8,8 +8,8 @@ so the same command run again passes it and stops at the next one):
 - ``step:<n>``: at the end of training step n, before that step's checkpoint;
 - ``eval:<epoch>``: after the first batch of the evaluation sets in epoch <epoch>'s validation.
 
-A phase ending in ``@SIGTERM`` sends SIGTERM instead of SIGKILL: the run stops itself at its next
-whole state.
+A phase ending in ``@SIGTERM`` (``@SIGINT``, ...) sends that signal instead of SIGKILL: the run stops
+itself at its next whole state.
 """
 
 import os
@@ -32,7 +32,7 @@ class KillAt(Callback):
         for phase in self.phases:
             if not (self.marker_dir / phase.replace(":", "_")).exists():
                 name, _, how = phase.partition("@")
-                return name, signal.SIGTERM if how == "SIGTERM" else signal.SIGKILL
+                return name, getattr(signal, how) if how else signal.SIGKILL
         return None
 
     def _kill_if(self, name: str) -> None:

@@ -1,6 +1,6 @@
 """Pre-emption safety: runs killed at every phase and resumed with ``--ckpt_path last`` end exactly as an
-uninterrupted run; SIGTERM stops at a whole state with a non-zero exit and the resume command; a
-truncated checkpoint is named and skipped; retention; the held-out loss counts each example once
+uninterrupted run; SIGTERM and Ctrl-C stop at a whole state with a non-zero exit and the resume command;
+a truncated checkpoint is named and skipped; retention; the held-out loss counts each example once
 under 2-process DDP.
 
 The CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once)
@@ -94,7 +94,7 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
 
     # Round 0 trains on 20 labels (3 batches: steps 1-3, 4-6), round 1 on 40 (5 batches: steps 7-11, 12-16);
     # a checkpoint every 2 steps (not at an epoch's last batch) and after every scoring batch.
-    phases = ["scoring:0:3", "acquired:0", "step:5", "eval:1", "scoring:1:3", "step:9@SIGTERM"]
+    phases = ["scoring:0:3", "acquired:0", "step:5", "eval:1", "scoring:1:3", "step:9@SIGTERM", "step:13@SIGINT"]
     kill = json.dumps({"class_path": "tests.kill_switch.KillAt",
                        "init_args": {"phases": phases, "marker_dir": str(workdir / "markers")}})
     driver = Driver(workdir)
@@ -104,7 +104,7 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
         command = args("killed", f"--trainer.callbacks=[{kill}]")
         run_dir = workdir / "checkpoints" / "killed"
         codes, logs = [], []
-        for attempt in range(len(phases)):
+        for attempt in range(len(phases) - 1):
             code, log = driver.run(command + ["--ckpt_path", "last"] * (attempt > 0))
             codes.append(code)
             logs.append(log)
@@ -117,14 +117,18 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
         # SIGTERM: checkpointed at the step, non-zero exit, and the exact command that resumes.
         resume = shlex.join(command + ["--ckpt_path", "last"])
         assert f"Resume with:\n  {resume}" in logs[5], logs[5][-2000:]
-        # A truncated last.ckpt: named, and the newest loadable checkpoint takes over.
+        # A truncated last.ckpt: named, and the newest loadable checkpoint takes over (round 1's start).
         last = run_dir / "last.ckpt"
         last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
         code, log = driver.run(shlex.split(resume))
-        assert code == 0, log[-3000:]
         assert "checkpoint checkpoints/killed/last.ckpt cannot be loaded" in log
         assert "Resuming from the newest loadable one instead: checkpoints/killed/round=1.ckpt" in log
         assert "weights_only=False" not in log
+        # Ctrl-C (SIGINT) mid-epoch 3: checkpointed at that step, exit 130, the resume command.
+        assert code == 130 and f"Stopped by SIGINT; checkpoint checkpoints/killed/last.ckpt (epoch 3, step 13). " \
+            f"Resume with:\n  {resume}" in log, (code, log[-3000:])
+        code, log = driver.run(shlex.split(resume))
+        assert code == 0 and "(epoch 3, global step 13)" in log, log[-3000:]
     finally:
         driver.close()
     assert _results(run_dir) == _results(workdir / "checkpoints" / "reference")
