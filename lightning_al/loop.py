@@ -34,6 +34,7 @@ from lightning_al.evaluation.diversity import (
     mean_pairwise_cosine_distance,
     prompt_embedding_pass,
 )
+from lightning_al.evaluation.records import records_path, write_records
 from lightning_al.scoring.pool import PartialScores, ScoringInterrupted, score_pool
 from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes, strategy_from_name
 
@@ -299,7 +300,8 @@ class ActiveLearningLoop(Callback):
 
     def end_round(self, trainer: Trainer, pl_module: LightningModule, round: int) -> None:
         """After a round's training and evaluation: save its adapter, account its cost, and write
-        its metrics to ``metrics.jsonl`` and TensorBoard (per round and per labeled count)."""
+        its metrics to ``metrics.jsonl`` and TensorBoard (per round and per labeled count), and each
+        evaluation's per-example records to ``evaluations/round_<r>/<set>.jsonl``."""
         dm: ActiveLearningDataModule = trainer.datamodule
         if trainer.is_global_zero:
             pl_module.save_adapter(self.run_dir / "rounds" / f"round_{round}" / "adapter")
@@ -310,7 +312,10 @@ class ActiveLearningLoop(Callback):
         labeled = len(dm.labeled_indices())
         evaluations = {"heldout"} | {e.name for e in dm.evaluations}
         results: dict[str, dict[str, float]] = {}
-        for key, value in trainer.callback_metrics.items():
+        # The module's own values of this round's validation: float64, and no set that did not run this
+        # round (callback_metrics keep an earlier round's values of a set restricted to some rounds).
+        latest = getattr(pl_module, "evaluation_results", None) or trainer.callback_metrics
+        for key, value in latest.items():
             name, _, metric = key.partition("/")
             if name in evaluations and metric:
                 results.setdefault(name, {})[metric] = float(value)
@@ -318,6 +323,8 @@ class ActiveLearningLoop(Callback):
         if self.diversity_sample:
             results["selection"] = self._diversity(trainer, pl_module, dm, round)
         if trainer.is_global_zero:
+            for name, rows in getattr(pl_module, "evaluation_records", {}).items():
+                write_records(records_path(self.run_dir, round, name), rows)
             self._write_metrics(round, labeled, trainer, results)
         if trainer.logger is not None:
             # Main metrics (not per task) against the round and against the labeled count.

@@ -63,7 +63,8 @@ class ActiveLearningDataModule(LightningDataModule):
             perplexity (``class_path`` of ``lightning_al.evaluation.HeldOutAnswers``,
             ``BigBenchHard``, ``MultipleChoice``). Default: answer exact match on the held-out split
             (none when ``validation_size`` is 0).
-            ``[]`` keeps only the held-out loss.
+            ``[]`` keeps only the held-out loss. A set's ``rounds`` (e.g. ``[-1]``) runs it only at those
+            rounds; the held-out loss (on the whole held-out split, ``validation_size``) runs every epoch.
     """
 
     def __init__(
@@ -327,7 +328,14 @@ class ActiveLearningDataModule(LightningDataModule):
             due = self.evaluate_every_n_epochs == 1
         else:
             due = not fitting or (trainer.current_epoch + 1) % self.evaluate_every_n_epochs == 0
-        return self._evaluation_loaders(self.evaluations if due else [])
+        if not due:
+            return self._evaluation_loaders([])
+        if not fitting:
+            return self._evaluation_loaders(self.evaluations)
+        # A set with `rounds` runs only at the end of those rounds (max_epochs = rounds x epochs per round).
+        every = self.evaluate_every_n_epochs
+        round, num_rounds = trainer.current_epoch // every, trainer.max_epochs // every
+        return self._evaluation_loaders([e for e in self.evaluations if e.runs_at(round, num_rounds)])
 
     def test_dataloader(self) -> list[DataLoader]:
         return self._evaluation_loaders(self.evaluations)

@@ -2,7 +2,10 @@
 
 Each set prepares its examples when the DataModule is set up (so a bad file or task name fails
 before any training), serves them as a dataloader of left-padded prompts, and scores a batch with
-the LightningModule into a ``GroupedAccuracy`` (per task / subject, macro and micro).
+the LightningModule into a ``GroupedAccuracy`` (per task / subject, macro and micro) and into
+per-example records (``ExampleRecords``: id, task, correct and what was chosen or generated), which
+the loop writes to ``evaluations/round_<r>/<name>.jsonl``. ``rounds`` restricts a set to some rounds
+(e.g. ``[-1]``: the last), so that a costly generation-based set does not run every round.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from lightning_al.data.formatting import prompt_text
 from lightning_al.evaluation.answers import answer_of, exact_match, extract_answer, reference_answer, truncate_at_stop
 from lightning_al.evaluation.bbh import BBH_STOP_STRINGS, bbh_chat_turns, bbh_prompt, load_bbh
 from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
-from lightning_al.evaluation.multiple_choice import choice_continuations, load_multiple_choice
+from lightning_al.evaluation.multiple_choice import LETTERS, choice_continuations, load_multiple_choice
+from lightning_al.evaluation.records import MAX_GENERATION_CHARS, ExampleRecords
 from lightning_al.evaluation.scoring import choice_logprobs
 from lightning_al.model.inference import greedy_generate
 
@@ -34,10 +38,21 @@ class Evaluation(abc.ABC):
     #: The metric's name in logs: ``<name>/<metric>`` (macro), ``<name>/<metric>_micro``, ``<name>/<metric>/<group>``.
     metric_name = "accuracy"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, rounds: list[int] | None = None) -> None:
         self.name = name
+        self.rounds = None if rounds is None else [int(r) for r in rounds]
         self.rows: list[dict[str, Any]] = []
+        self.groups: list[str] = []
         self.metric: GroupedAccuracy | None = None
+        self.records = ExampleRecords()
+        #: The gathered per-example rows of the latest ``compute`` (one per example of the set).
+        self.last_records: list[dict[str, Any]] = []
+
+    def runs_at(self, round: int, num_rounds: int) -> bool:
+        """Whether the set is evaluated at the end of ``round`` (0-based) of ``num_rounds``."""
+        if self.rounds is None:
+            return True
+        return any(r == round or (r < 0 and num_rounds + r == round) for r in self.rounds)
 
     @abc.abstractmethod
     def prepare(self, datamodule: ActiveLearningDataModule) -> None:
@@ -50,8 +65,12 @@ class Evaluation(abc.ABC):
     def _finish_prepare(self, groups: Sequence[str]) -> None:
         if not self.rows:
             raise ValueError(f"evaluation {self.name!r}: the evaluation set is empty")
+        ids = [row["id"] for row in self.rows]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"evaluation {self.name!r}: example ids are not unique")
         for i, row in enumerate(self.rows):
             row.update(index=i, prompt_length=len(row["input_ids"]), content_start=0, content_end=len(row["input_ids"]))
+        self.groups = list(groups)
         self.metric = GroupedAccuracy(groups, [row["group"] for row in self.rows])
 
     def dataloader(self, batch_size: int, num_workers: int, pad_token_id: int) -> DataLoader:
@@ -63,13 +82,18 @@ class Evaluation(abc.ABC):
                           collate_fn=collator, num_workers=num_workers)
 
     def update(self, module, batch: dict[str, torch.Tensor]) -> None:
+        correct = self.correct(module, batch)
         self.metric.to(batch["input_ids"].device)
-        self.metric.update(self.correct(module, batch), batch["index"])
+        self.metric.update(correct, batch["index"])
+        self.records.add(batch["index"], correct=[int(c) for c in correct.tolist()])
 
     def compute(self) -> dict[str, float]:
-        """Metrics of the examples seen since the last call (synced across processes), then reset."""
+        """Metrics of the examples seen since the last call (synced across processes), then reset.
+        The per-example rows are gathered into ``last_records`` (a collective under DDP)."""
         values = self.metric.compute()
         self.metric.reset()
+        self.last_records = [{"id": self.rows[i]["id"], "task": self.groups[self.rows[i]["group"]], **row}
+                             for i, row in self.records.gather().items()]
         prefix = f"{self.name}/{self.metric_name}"
         results = {prefix: float(values["macro"]), f"{prefix}_micro": float(values["micro"]),
                    f"{self.name}/examples": float(values["examples"])}
@@ -85,8 +109,8 @@ class _GenerativeEvaluation(Evaluation):
     metric_name = "exact_match"
     stop_strings: Sequence[str] = ()
 
-    def __init__(self, name: str, max_new_tokens: int) -> None:
-        super().__init__(name)
+    def __init__(self, name: str, max_new_tokens: int, rounds: list[int] | None = None) -> None:
+        super().__init__(name, rounds)
         self.max_new_tokens = max_new_tokens
         self.answered = ExampleMean()  # per example: DDP's padding repeats count once
 
@@ -94,10 +118,14 @@ class _GenerativeEvaluation(Evaluation):
         texts = greedy_generate(module.model, module.tokenizer, batch["input_ids"], batch["attention_mask"],
                                 self.max_new_tokens, module.stop_token_ids, self.stop_strings)
         rows = [self.rows[i] for i in batch["index"].tolist()]
-        predictions = [self.prediction(truncate_at_stop(t, self.stop_strings), r) for t, r in zip(texts, rows)]
+        texts = [truncate_at_stop(t, self.stop_strings) for t in texts]
+        predictions = [self.prediction(t, r) for t, r in zip(texts, rows)]
         self.answered.to(batch["input_ids"].device)
         self.answered.update(torch.tensor([float(p is not None) for p in predictions]), batch["index"])
-        return torch.tensor([float(exact_match(p, self.target(r))) for p, r in zip(predictions, rows)])
+        targets = [self.target(r) for r in rows]
+        self.records.add(batch["index"], answer=predictions, target=targets,
+                         generation=[t[:MAX_GENERATION_CHARS] for t in texts])
+        return torch.tensor([float(exact_match(p, t)) for p, t in zip(predictions, targets)])
 
     def compute(self) -> dict[str, float]:
         results = super().compute()
@@ -124,11 +152,13 @@ class HeldOutAnswers(_GenerativeEvaluation):
         max_examples: Evaluate a fixed, seeded sample of this many held-out examples (None: all).
         max_new_tokens: Generation length limit (the answer must appear within it).
         seed: Seed of the sample.
+        rounds: Evaluate only at the end of these rounds (0-based; negative counts from the last:
+            ``[-1]`` is the last round). None: every round. ``validate`` / ``test`` always evaluate.
     """
 
     def __init__(self, name: str = "heldout", max_examples: int | None = None, max_new_tokens: int = 256,
-                 seed: int = 0) -> None:
-        super().__init__(name, max_new_tokens)
+                 seed: int = 0, rounds: list[int] | None = None) -> None:
+        super().__init__(name, max_new_tokens, rounds)
         self.max_examples = max_examples
         self.seed = seed
         self.metric_name = "answer_exact_match"
@@ -142,7 +172,7 @@ class HeldOutAnswers(_GenerativeEvaluation):
         pool = datamodule.pool.select(held_out.tolist())
         self.rows = [
             {"input_ids": ex["input_ids"][: ex["prompt_length"]], "group": group_of[ex["task"]],
-             "target": ex["response"]}
+             "target": ex["response"], "id": str(ex["id"])}
             for ex in pool
         ]
         if not self.rows:
@@ -171,13 +201,16 @@ class BigBenchHard(_GenerativeEvaluation):
             (or without a chat template) the plain text prompt.
         seed: Seed of the per-task sample.
         name: Prefix of the logged metrics.
+        rounds: Evaluate only at the end of these rounds (0-based; negative counts from the last:
+            ``[-1]`` is the last round). None: every round. ``validate`` / ``test`` always evaluate.
     """
 
     stop_strings = BBH_STOP_STRINGS
 
     def __init__(self, path: str, tasks: list[str] | None = None, max_examples_per_task: int | None = None,
-                 max_new_tokens: int = 256, chat_template: bool = True, seed: int = 0, name: str = "bbh") -> None:
-        super().__init__(name, max_new_tokens)
+                 max_new_tokens: int = 256, chat_template: bool = True, seed: int = 0, name: str = "bbh",
+                 rounds: list[int] | None = None) -> None:
+        super().__init__(name, max_new_tokens, rounds)
         self.path = path
         self.tasks = tasks
         self.max_examples_per_task = max_examples_per_task
@@ -196,7 +229,9 @@ class BigBenchHard(_GenerativeEvaluation):
                 ids = tokenizer(prompt_text(tokenizer, "", user) + prefix, add_special_tokens=False)["input_ids"]
             else:
                 ids = tokenizer(bbh_prompt(ex["cot_prompt"], ex["input"]))["input_ids"]
-            self.rows.append({"input_ids": ids, "group": tasks.index(ex["task"]), "target": ex["target"]})
+            # The id names the example in its task file, so that records of two runs pair up.
+            self.rows.append({"input_ids": ids, "group": tasks.index(ex["task"]), "target": ex["target"],
+                              "id": f"{ex['task']}/{ex['index']}"})
         self._finish_prepare(tasks)
 
     def prediction(self, generated: str, row: dict[str, Any]) -> str | None:
@@ -223,13 +258,15 @@ class MultipleChoice(Evaluation):
         subjects: Subjects to keep (default: all).
         max_examples: A fixed, seeded sample of the questions (None: all).
         seed: Seed of the sample.
+        rounds: Evaluate only at the end of these rounds (0-based; negative counts from the last:
+            ``[-1]`` is the last round). None: every round. ``validate`` / ``test`` always evaluate.
     """
 
     def __init__(self, source: str = "cais/mmlu", name: str = "mmlu", config_name: str | None = "all",
                  split: str = "test", fewshot_split: str | None = "dev", fewshot_source: str | None = None,
                  num_fewshot: int = 5, subjects: list[str] | None = None, max_examples: int | None = None,
-                 seed: int = 0) -> None:
-        super().__init__(name)
+                 seed: int = 0, rounds: list[int] | None = None) -> None:
+        super().__init__(name, rounds)
         self.options = dict(split=split, name=config_name, fewshot_split=fewshot_split, fewshot_source=fewshot_source,
                             num_fewshot=num_fewshot, subjects=subjects, max_examples=max_examples, seed=seed)
         self.source = source
@@ -243,8 +280,9 @@ class MultipleChoice(Evaluation):
             ids = tokenizer(ex["prompt"])["input_ids"]
             continuations = [tokenizer(c, add_special_tokens=False)["input_ids"]
                              for c in choice_continuations(len(ex["choices"]))]
+            # The id is the question's row in its file (or split), so that records of two runs pair up.
             self.rows.append({"input_ids": ids, "group": subjects.index(str(ex["subject"])), "answer": ex["answer"],
-                              "continuations": continuations})
+                              "continuations": continuations, "id": f"{ex['subject']}/{ex['index']}"})
         self._finish_prepare(subjects)
 
     def correct(self, module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -252,6 +290,7 @@ class MultipleChoice(Evaluation):
         chosen = []
         for row, logprobs in zip(rows, choice_logprobs(module.model, batch, [r["continuations"] for r in rows])):
             chosen.append(int(torch.argmax(logprobs)))  # ties: the first choice, as in lm-evaluation-harness
+        self.records.add(batch["index"], chosen=[LETTERS[c] for c in chosen], target=[LETTERS[r["answer"]] for r in rows])
         return torch.tensor([float(c == r["answer"]) for c, r in zip(chosen, rows)])
 
 

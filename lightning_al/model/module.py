@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import LoraConfig, get_peft_model
 
 from lightning_al.evaluation.metrics import ExampleMean
+from lightning_al.evaluation.records import ExampleRecords
 from lightning_al.model.head import output_head
 from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
 from lightning_al.scoring.passes import ScoreSource, generated_statistics, prompt_statistics
@@ -96,6 +97,11 @@ class LoRALanguageModel(LightningModule):
         self.strict_loading = False
         # Per example, so that the examples DDP's sampler repeats to pad the last batch count once.
         self.val_nll = ExampleMean()
+        self.val_records = ExampleRecords()
+        #: The latest validation's metrics (float64, as metrics.jsonl keeps them) and per-example records
+        #: by evaluation name (``heldout_loss``: the held-out NLL); the loop writes both at a round's end.
+        self.evaluation_results: dict[str, float] = {}
+        self.evaluation_records: dict[str, list[dict[str, Any]]] = {}
 
     @property
     def tokenizer(self):
@@ -169,16 +175,30 @@ class LoRALanguageModel(LightningModule):
         # NLL of the whole split, each held-out example counted once.
         nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
                                                 reduction="none").sum(1)
-        self.val_nll.update(nll, batch["index"], weight=(labels != -100).sum(1))
+        tokens = (labels != -100).sum(1)
+        self.val_nll.update(nll, batch["index"], weight=tokens)
+        self.val_records.add(batch["index"], nll=nll.tolist(), tokens=tokens.tolist())
 
     def on_validation_epoch_end(self) -> None:
         # Metrics compute across processes (torchmetrics syncs on compute), so no sync_dist here.
         nll = self.val_nll.compute()
         self.val_nll.reset()
         self.log_dict({"heldout/loss": nll, "heldout/perplexity": torch.exp(nll)}, prog_bar=True)
-        for evaluation in self.trainer.datamodule.served:
+        dm = self.trainer.datamodule
+        loss_records = [{"id": str(dm.ids[i]), "task": str(dm.tasks[i]), **row}
+                        for i, row in self.val_records.gather().items()]
+        results = {"heldout/loss": float(nll), "heldout/perplexity": float(torch.exp(nll))}
+        per_task = _loss_per_task(loss_records)
+        self.log_dict(per_task)
+        results.update(per_task)
+        records = {"heldout_loss": loss_records}
+        for evaluation in dm.served:
             if evaluation is not None:
-                self.log_dict(evaluation.compute())
+                values = evaluation.compute()
+                self.log_dict(values)
+                results.update(values)
+                records[evaluation.name] = evaluation.last_records
+        self.evaluation_results, self.evaluation_records = results, records
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
@@ -216,3 +236,13 @@ class LoRALanguageModel(LightningModule):
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+
+
+def _loss_per_task(records: list[dict[str, Any]]) -> dict[str, float]:
+    """``heldout/loss/<task>``: summed NLL over summed response tokens of each task's held-out examples."""
+    sums: dict[str, list[float]] = {}
+    for row in records:
+        total = sums.setdefault(row["task"], [0.0, 0.0])
+        total[0] += row["nll"]
+        total[1] += row["tokens"]
+    return {f"heldout/loss/{task}": nll / tokens for task, (nll, tokens) in sorted(sums.items()) if tokens > 0}

@@ -1,0 +1,100 @@
+"""Per-example evaluation records: they add up to metrics.jsonl exactly, sets restricted to some rounds
+run only there, and under 2-process DDP every example is recorded once."""
+
+import json
+import subprocess
+import sys
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+from lightning_al.cli import main
+from tests.conftest import SHARED, tiny_run_args
+
+QUIZ = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4,
+         "subject": "odd" if i % 2 else "even"} for i in range(7)]  # 7: DDP pads one repeat
+
+
+def _evaluations(workdir, bbh_rounds=None):
+    quiz = workdir / "quiz.jsonl"
+    quiz.write_text("".join(json.dumps(q) + "\n" for q in QUIZ))
+    evaluations = [
+        {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}},
+        {"class_path": "lightning_al.evaluation.MultipleChoice",
+         "init_args": {"source": str(quiz), "name": "quiz", "num_fewshot": 0}},
+    ]
+    if bbh_rounds is not None:
+        evaluations.append({"class_path": "lightning_al.evaluation.BigBenchHard",
+                            "init_args": {"path": str(SHARED / "data" / "bbh"), "tasks": ["navigate", "web_of_lies"],
+                                          "max_examples_per_task": 2, "max_new_tokens": 6, "rounds": bbh_rounds}})
+    return json.dumps(evaluations)
+
+
+def _read(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _grouped(rows, value, weight=None):
+    """(macro over tasks, micro, per task) of a per-example value, as the metrics compute them."""
+    sums = defaultdict(lambda: [0.0, 0.0])
+    for row in rows:
+        sums[row["task"]][0] += row[value]
+        sums[row["task"]][1] += 1 if weight is None else row[weight]
+    per_task = {task: total / count for task, (total, count) in sums.items()}
+    micro = sum(t for t, _ in sums.values()) / sum(c for _, c in sums.values())
+    return float(np.mean(list(per_task.values()))), micro, per_task
+
+
+def _check_sums(run_dir, round, metrics, sets):
+    """Every aggregate of the round's metrics.jsonl rows from the round's records alone."""
+    folder = run_dir / "evaluations" / f"round_{round}"
+    loss = _read(folder / "heldout_loss.jsonl")
+    _, micro, per_task = _grouped(loss, "nll", "tokens")
+    heldout = metrics[(round, "heldout")]
+    assert heldout["loss"] == micro  # exactly: float32 NLLs summed in float64 do not depend on the order
+    assert heldout["loss/" + loss[0]["task"]] == per_task[loss[0]["task"]]
+    for name, metric in sets.items():
+        rows, values = _read(folder / f"{name}.jsonl"), metrics[(round, "heldout" if name == "heldout" else name)]
+        macro, micro, per_task = _grouped(rows, "correct")
+        assert values["examples"] == len(rows) == len({row["id"] for row in rows})
+        assert values[f"{metric}_micro"] == micro
+        assert values[metric] == pytest.approx(macro, rel=1e-15, abs=1e-15)
+        assert all(values[f"{metric}/{task}"] == v for task, v in per_task.items())
+        if "generation" in rows[0]:
+            assert values["answered"] == np.mean([row["answer"] is not None for row in rows])
+        else:
+            assert all((row["chosen"] == row["target"]) == row["correct"] for row in rows)
+    return loss
+
+
+def test_records_of_a_run_add_up_to_its_metrics_and_sets_run_at_their_rounds(workdir):
+    args = tiny_run_args(workdir, **{"data.evaluations": _evaluations(workdir, bbh_rounds=[-1]),
+                                     "loop.epochs_per_round": 1})
+    main(["fit", *args])
+    run_dir = workdir / "checkpoints" / "tiny"
+    metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
+    assert (0, "bbh") not in metrics and (1, "bbh") in metrics  # rounds: [-1] is the last of 2
+    assert sorted(p.name for p in (run_dir / "evaluations" / "round_0").iterdir()) == [
+        "heldout.jsonl", "heldout_loss.jsonl", "quiz.jsonl"]
+    _check_sums(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
+    loss = _check_sums(run_dir, 1, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy",
+                                             "bbh": "exact_match"})
+    assert len(loss) == 16 and all(row["tokens"] > 0 for row in loss)
+    bbh = _read(run_dir / "evaluations" / "round_1" / "bbh.jsonl")
+    assert {row["id"].split("/")[0] for row in bbh} == {"navigate", "web_of_lies"}
+    assert {"answer", "target", "generation", "correct"} <= set(bbh[0])
+
+
+def test_ddp_records_each_example_once(workdir):
+    args = tiny_run_args(workdir, **{"data.evaluations": _evaluations(workdir), "loop.rounds": 1,
+                                     "loop.epochs_per_round": 1, "loop.budget": 24, "data.validation_size": 15,
+                                     "data.eval_batch_size": 4})
+    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, "--trainer.strategy=ddp",
+                             "--trainer.devices=2"], cwd=workdir, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = workdir / "checkpoints" / "tiny"
+    metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
+    loss = _check_sums(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
+    assert len(loss) == len({row["id"] for row in loss}) == 15  # odd sizes: the sampler repeats one example
+    assert len(_read(run_dir / "evaluations" / "round_0" / "quiz.jsonl")) == len(QUIZ)
