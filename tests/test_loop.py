@@ -5,9 +5,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from lightning.pytorch import Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import PeftModel
 
+from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.cli import main
+from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
 from lightning_al.strategies import round_sizes
 from tests.conftest import TINY_LLAMA, tiny_run_args
@@ -87,8 +91,17 @@ def test_resume_matches_uninterrupted_run(workdir, crash_epoch):
     assert loss == pytest.approx(ref_loss, abs=1e-6)
 
 
-@pytest.mark.parametrize("setting, message", [("--trainer.val_check_interval=0.5", "val_check_interval"),
-                                              ("--trainer.max_steps=3", "max_steps")])
-def test_settings_that_resume_depends_on_are_checked(workdir, setting, message):
-    with pytest.raises(ValueError, match=message):
-        main(["fit", *tiny_run_args(workdir), setting])
+def test_settings_that_resume_depends_on_are_checked(tmp_path):
+    """From Python too: a setting that would weaken resume is an error at setup, not a silent change."""
+    loop = ActiveLearningLoop(budget=4, run_dir=str(tmp_path))
+
+    def check(**trainer_args):
+        callbacks = trainer_args.pop("callbacks", [RunCheckpoint(str(tmp_path))])
+        loop._check_resume_settings(Trainer(callbacks=[loop, *callbacks], logger=False, **trainer_args))
+
+    check()
+    for args, message in [({"val_check_interval": 0.5}, "val_check_interval"), ({"max_steps": 3}, "max_steps"),
+                          ({"callbacks": [ModelCheckpoint(dirpath=tmp_path)]}, "RunCheckpoint"),
+                          ({"callbacks": [RunCheckpoint(str(tmp_path / "elsewhere"))]}, "dirpath")]:
+        with pytest.raises(ValueError, match=message):
+            check(**args)
