@@ -278,7 +278,9 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
         # torch's own message may suggest loading with weights_only=False: never do that with a file
         # that fails here, so only the kind of failure is kept.
         first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        detail = type(error).__name__ if "weights_only" in str(error) or not first else f"{type(error).__name__}: {first}"
+        detail = type(error).__name__
+        if first and "weights_only" not in str(error):
+            detail += f": {first}"
         raise CheckpointError(f"checkpoint {path} cannot be loaded; it is truncated or corrupt ({detail})") from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise CheckpointError(f"checkpoint {path} cannot be loaded; it is not a Lightning checkpoint")

@@ -161,7 +161,9 @@ class ActiveLearningLoop(Callback):
             return
         self._checkpoints = checkpoints[0]
         if self._checkpoints.dirpath.resolve() != self.run_dir.resolve():
-            raise ValueError(f"RunCheckpoint.dirpath ({self._checkpoints.dirpath}) must be loop.run_dir ({self.run_dir})")
+            raise ValueError(
+                f"RunCheckpoint.dirpath ({self._checkpoints.dirpath}) must be loop.run_dir ({self.run_dir})"
+            )
 
     # ---------------------------------------------------------------- rounds
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -228,8 +230,8 @@ class ActiveLearningLoop(Callback):
                 scores = score_pool(trainer, pl_module, dm, candidates, desc=f"Scoring the pool for round {round}",
                                     partial=partial, embeddings=self.strategy.needs_embeddings)
             except ScoringInterrupted as stopped:
-                self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores "
-                                                f"({stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
+                self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores ("
+                                       f"{stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
             self.cost["scoring_seconds"] += time.perf_counter() - start
             self.cost["scoring_passes"] += 1
             self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
