@@ -20,6 +20,7 @@ from pathlib import Path
 
 import yaml
 
+from lightning_al import checkpointing
 from lightning_al.cli import main as fit_main
 from lightning_al.cli import run_dir_of
 from lightning_al.strategies import REGISTRY, strategy_from_name
@@ -86,13 +87,16 @@ def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Seque
 
 @contextlib.contextmanager
 def _own_argv():
-    # LightningCLI warns when given args while sys.argv holds others (the study's own).
+    # LightningCLI warns when given args while sys.argv holds others (the study's own); a cell stopped
+    # by a signal still prints the study's own command as the one that resumes.
     saved = sys.argv
     sys.argv = saved[:1]
+    checkpointing.RESUME_ARGV = saved
     try:
         yield
     finally:
         sys.argv = saved
+        checkpointing.RESUME_ARGV = None
 
 
 def _parser() -> argparse.ArgumentParser:
