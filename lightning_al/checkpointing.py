@@ -293,7 +293,7 @@ def check_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def _resuming_from(path: str | Path, checkpoint: dict[str, Any]) -> str:
     where = f"epoch {checkpoint.get('epoch', '?')}, global step {checkpoint.get('global_step', '?')}"
-    rank_zero_info(f"Resuming from {path} ({where})")
+    rank_zero_info(f"Checkpoint {path} ({where})")
     return str(path)
 
 
