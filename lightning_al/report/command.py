@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lightning_al.report import plots
+from lightning_al.report.paired import detectable, paired_table
 from lightning_al.report.runs import Run, all_acquired, load_runs
 from lightning_al.report.selection import overlap_summary, overlap_table, selection_summary
 from lightning_al.report.tables import cost_table, final_long, main_metrics, mean_std, metrics_long, to_markdown
@@ -56,6 +57,35 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
                          **{row.metric: mean_std(row.mean, row.std) for row in cell.itertuples()}})
         lines += [f"### {evaluation}\n", to_markdown(pd.DataFrame(rows)) + "\n"]
     return [*lines, _image(figure, out, "final metrics", "no final metrics")]
+
+
+def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
+    lines = ["## Paired comparisons\n",
+             _how("A − B of each main metric after the last round, on the evaluation examples every run of both "
+                  "cells answered (per-example records in each run's evaluations/): estimate [95% interval] of a "
+                  "paired bootstrap over the examples (resampled within tasks), hierarchical over seeds when a cell "
+                  "has several (seeds resampled first). \"within noise\": the interval contains 0. Lower is better "
+                  "for the loss. Same comparisons in paired.csv.")]
+    if paired.empty:
+        return [*lines, "_No finished runs with per-example records of their last round to compare._\n"]
+    shown = {"key": "metric", "examples": "examples", "seeds_a": "seeds A", "seeds_b": "seeds B",
+             "difference": "A − B [95% interval]", "call": "verdict"}
+    titles = {"m": "### m values of the same strategy\n", "strategy": "### Each strategy against random at the same m\n"}
+    for kind, title in titles.items():
+        part = paired[paired["kind"] == kind]
+        if part.empty:
+            continue
+        lines.append(title)
+        for (group, comparison), rows in part.groupby(["group", "comparison"], sort=False):
+            table = rows[list(shown)].rename(columns=shown)
+            lines += [f"**{group}: {comparison}** (A − B)\n", to_markdown(table) + "\n"]
+    lines += ["### Smallest detectable difference\n",
+              _how("the smallest true difference each metric detects 5% two-sided with 80% power: from two "
+                   "independent samples of its size at its mean rate (right / wrong metrics), and from this study's "
+                   "paired comparisons (2.80 × their median bootstrap standard error). Smaller differences are "
+                   "likely to be called within noise."),
+              to_markdown(detect) + "\n"]
+    return lines
 
 
 def _cost_section(cost: pd.DataFrame) -> list[str]:
@@ -116,8 +146,8 @@ def _selection_section(runs: Sequence[Run], summary: pd.DataFrame, overlap: pd.D
 def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
-    Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv and the PNGs
-    under ``out/plots/``. ``run_dirs`` may list run directories or folders of them (see ``load_runs``).
+    Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
+    detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories or folders of them (see ``load_runs``).
     """
     runs = load_runs(run_dirs)
     out = Path(out)
@@ -135,16 +165,22 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     summary.to_csv(out / "selection.csv", index=False)
     cost.to_csv(out / "cost.csv", index=False)
     final.to_csv(out / "final.csv", index=False)
+    paired = paired_table(runs)
+    detect = detectable(runs, paired)
+    paired.to_csv(out / "paired.csv", index=False)
+    detect.to_csv(out / "detectable.csv", index=False)
 
     main = main_metrics(long)
     curves = plots.plot_learning_curves(main, plot_dir)
     figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
                "scores": plots.plot_score_distributions(runs, plot_dir)}
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
-             "every round), final.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; figures in plots/.\n")
+             "every round), final.csv, paired.csv, detectable.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; "
+             "figures in plots/.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
     lines += _final_section(final, plots.plot_final_metrics(final, plot_dir), out)
+    lines += _paired_section(paired, detect)
     lines += ["## Learning curves\n", _how("each main metric against the number of labeled examples, one line "
                                            "per strategy and m (mean over seeds, band = ± std).")]
     lines += [_image(p, out, p.stem, "") for p in curves] or ["_Skipped: no per-round metrics._\n"]

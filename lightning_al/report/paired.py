@@ -1,0 +1,139 @@
+"""Paired comparisons of cells from their per-example records: does m matter, does a strategy beat random?
+
+For every main metric of the last round: each pair of m values of a strategy (``m=2 − m=1``) and each
+strategy against random at the same m (``entropy − random``), as an estimate with a 95% interval from
+a paired bootstrap over the examples every run of both cells answered (hierarchical over seeds when a
+cell has several; see ``bootstrap``), and a verdict: the difference when the interval excludes 0,
+"within noise" when it does not. ``detectable`` says how small a difference each evaluation set could
+detect at its size.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from functools import reduce
+from itertools import combinations
+
+import numpy as np
+import pandas as pd
+
+from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, paired_difference
+from lightning_al.report.records import Metric, aggregate, final_records, measure, metrics_of
+from lightning_al.report.runs import Run, strategy_order
+
+PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "estimate", "low", "high",
+                  "se", "difference", "call", "verdict"]
+BASELINE = "random"
+
+
+def cell_pairs(cells: Sequence[tuple[str, int]]) -> list[tuple[str, str, str, tuple[str, int], tuple[str, int]]]:
+    """(kind, group, label, cell A, cell B) of every comparison: A − B.
+
+    ``m``: each pair of m values of a strategy, larger m first (``m=2 − m=1``); ``strategy``: each strategy
+    against random at the same m (``entropy − random``).
+    """
+    pairs = []
+    strategies = sorted({s for s, _ in cells}, key=strategy_order)
+    for strategy in strategies:
+        ms = sorted(m for s, m in cells if s == strategy)
+        for low, high in combinations(ms, 2):
+            pairs.append(("m", strategy, f"m={high} − m={low}", (strategy, high), (strategy, low)))
+    for m in sorted({m for _, m in cells}):
+        if (BASELINE, m) in cells:
+            for strategy in strategies:
+                if strategy != BASELINE and (strategy, m) in cells:
+                    pairs.append(("strategy", f"m={m}", f"{strategy} − {BASELINE}", (strategy, m), (BASELINE, m)))
+    return pairs
+
+
+def _aligned(records: list[pd.DataFrame], metric: Metric) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+    """(num, den) of shape (runs, n) and the tasks of the n examples every run answered, in one order."""
+    measures = [measure(frame).set_index("id") for frame in records]
+    common = sorted(reduce(lambda a, b: a & b, (set(m.index) for m in measures)))
+    if not common:
+        return None
+    num = np.stack([m.loc[common, "num"].to_numpy() for m in measures])
+    den = np.stack([m.loc[common, "den"].to_numpy() for m in measures])
+    return num, den, measures[0].loc[common, "task"].to_numpy(), len(common)
+
+
+def call(label: str, d: Difference, lower_is_better: bool) -> str:
+    """``m=2 better`` (the side of ``label`` that is better), or ``within noise``."""
+    if not d.significant:
+        return "within noise"
+    a, b = (part.strip() for part in label.split("−", 1))
+    return f"{a if (d.estimate < 0) == lower_is_better else b} better"
+
+
+def verdict(label: str, d: Difference, lower_is_better: bool) -> str:
+    """``m=2 − m=1 = +0.031 [+0.004, +0.058] (m=2 better)``, or ``within noise``."""
+    said = call(label, d, lower_is_better)
+    return said if not d.significant else f"{label} = {interval(d)} ({said})"
+
+
+def interval(d: Difference) -> str:
+    """``+0.031 [+0.004, +0.058]``."""
+    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+
+
+def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """Every comparison of ``cell_pairs`` on every main metric both cells' final records support.
+
+    Only finished runs with records of their last round take part. Columns: ``PAIRED_COLUMNS``.
+    """
+    cells: dict[tuple[str, int], list[tuple[Run, dict[str, pd.DataFrame]]]] = {}
+    for run in runs:
+        records = final_records(run) if run.finished else {}
+        if records:
+            cells.setdefault((run.strategy, run.rounds), []).append((run, records))
+    rows = []
+    for kind, group, label, cell_a, cell_b in cell_pairs(list(cells)):
+        a, b = (sorted(cells[c], key=lambda item: (item[0].seed is None, item[0].seed)) for c in (cell_a, cell_b))
+        files = reduce(lambda x, y: x & y, (set(records) for _, records in a + b))
+        for file in sorted(files):
+            frames = [records[file] for _, records in a + b]
+            if any(frame.empty for frame in frames):
+                continue
+            for metric in metrics_of(file, frames[0]):
+                aligned = _aligned(frames, metric)
+                if aligned is None:
+                    continue
+                num, den, tasks, n = aligned
+                d = paired_difference((num[: len(a)], den[: len(a)]), (num[len(a):], den[len(a):]), tasks,
+                                      metric.macro, [r.seed for r, _ in a], [r.seed for r, _ in b],
+                                      replicates=replicates, seed=seed)
+                rows.append({"kind": kind, "group": group, "comparison": label, "key": metric.key, "examples": n,
+                             "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "estimate": d.estimate, "low": d.low,
+                             "high": d.high, "se": d.se, "difference": interval(d),
+                             "call": call(label, d, metric.lower_is_better), "verdict": verdict(label, d, metric.lower_is_better)})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+
+
+def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
+    """Per main metric: examples, the mean value over finished runs, and the smallest difference detectable
+    (5% two-sided, 80% power): for a right / wrong metric from two independent samples of that size at
+    that rate, 2.80·sqrt(2p(1−p)/n); and from this study's paired comparisons, 2.80 × their median
+    bootstrap standard error (pairing removes the examples' difficulty, so it is usually smaller)."""
+    values: dict[str, list[tuple[int, float, bool]]] = {}
+    for run in runs:
+        if not run.finished:
+            continue
+        for file, frame in final_records(run).items():
+            if frame.empty:
+                continue
+            m = measure(frame)
+            for metric in metrics_of(file, frame):
+                value = aggregate(m["num"].to_numpy(), m["den"].to_numpy(), m["task"].to_numpy(), metric.macro)
+                values.setdefault(metric.key, []).append((len(m), value, metric.lower_is_better))
+    rows = []
+    for key, entries in values.items():
+        n = max(e[0] for e in entries)
+        p = float(np.mean([e[1] for e in entries]))
+        binary = not entries[0][2]
+        independent = DETECTABLE_Z * math.sqrt(2 * p * (1 - p) / n) if binary else float("nan")
+        ses = paired.loc[paired["key"] == key, "se"] if not paired.empty else pd.Series(dtype=float)
+        rows.append({"key": key, "examples": n, "mean": p, "detectable (independent)": independent,
+                     "detectable (paired, this study)": DETECTABLE_Z * float(ses.median()) if len(ses) else float("nan")})
+    return pd.DataFrame(rows, columns=["key", "examples", "mean", "detectable (independent)",
+                                       "detectable (paired, this study)"])

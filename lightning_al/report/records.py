@@ -1,0 +1,86 @@
+"""Per-example evaluation records of a run (``evaluations/round_<r>/<set>.jsonl``), as measures.
+
+A measure is what a main metric aggregates, one value pair per example: a numerator and a
+denominator (``correct`` and 1 for accuracy / exact match, the summed NLL and the token count for the
+held-out loss), with the example's id and task. Every main metric of a set is then a ratio of sums:
+``micro`` over all examples, or ``macro``, the mean over tasks of each task's ratio -- the same values
+metrics.jsonl holds for that round.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+import numpy as np
+import pandas as pd
+
+from lightning_al.report.runs import Run, read_jsonl
+
+RECORDS_DIR = "evaluations"
+#: The file of the held-out loss records (the other files are named after their evaluation set).
+LOSS_FILE = "heldout_loss"
+_ROUND_DIR = re.compile(r"^round_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A main metric computed from records: ``key`` as in metrics.jsonl (``bbh/exact_match``), the records
+    file it reads, ``macro`` (mean over tasks) or micro, and whether lower values are better."""
+
+    key: str
+    file: str
+    macro: bool
+    lower_is_better: bool = False
+
+
+def record_rounds(run: Run) -> list[int]:
+    """The rounds for which the run has an ``evaluations/round_<r>/`` folder, ascending."""
+    folder = run.path / RECORDS_DIR
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _ROUND_DIR.match(p.name)))
+
+
+def read_records(run: Run, round: int) -> dict[str, pd.DataFrame]:
+    """The records of one round of a run, by file name (``heldout_loss``, ``bbh``, ...); {} when there are none."""
+    folder = run.path / RECORDS_DIR / f"round_{round}"
+    if not folder.is_dir():
+        return {}
+    return {path.stem: pd.DataFrame(read_jsonl(path)) for path in sorted(folder.glob("*.jsonl"))}
+
+
+def metrics_of(file: str, frame: pd.DataFrame) -> list[Metric]:
+    """The main metrics a records file supports: the loss for NLL records; for right / wrong records the
+    set's metric macro over tasks and its ``_micro`` (named as in metrics.jsonl: ``accuracy`` for multiple
+    choice, ``exact_match`` for generation, ``answer_exact_match`` for the held-out answers, ``heldout``)."""
+    columns = set(frame.columns)
+    if {"nll", "tokens"} <= columns:
+        return [Metric("heldout/loss", file, macro=False, lower_is_better=True)]
+    if "correct" not in columns:
+        return []
+    name = "accuracy" if "chosen" in columns else "answer_exact_match" if file == "heldout" else "exact_match"
+    return [Metric(f"{file}/{name}", file, macro=True), Metric(f"{file}/{name}_micro", file, macro=False)]
+
+
+def measure(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns ``id``, ``task``, ``num``, ``den`` of a records frame (NLL / tokens, or correct / 1); an id
+    recorded twice counts once (its first row)."""
+    frame = frame.drop_duplicates("id")
+    if {"nll", "tokens"} <= set(frame.columns):
+        num, den = frame["nll"].astype(float), frame["tokens"].astype(float)
+    else:
+        num, den = frame["correct"].astype(float), pd.Series(1.0, index=frame.index)
+    task = frame["task"].astype(str) if "task" in frame.columns else pd.Series("", index=frame.index)
+    return pd.DataFrame({"id": frame["id"].astype(str), "task": task, "num": num, "den": den})
+
+
+def aggregate(num: np.ndarray, den: np.ndarray, tasks: np.ndarray, macro: bool) -> float:
+    """A metric's value from per-example numerators and denominators (the definition metrics.jsonl uses)."""
+    if not macro:
+        return float(num.sum() / den.sum())
+    return float(np.mean([num[tasks == t].sum() / den[tasks == t].sum() for t in np.unique(tasks)]))
+
+
+def final_records(run: Run) -> dict[str, pd.DataFrame]:
+    """The records of the run's last round (m - 1), or {} when it has none (an unfinished or older run)."""
+    return read_records(run, run.rounds - 1)

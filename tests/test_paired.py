@@ -1,0 +1,134 @@
+"""Paired bootstrap intervals on fabricated per-example records with a known effect, and the report's
+paired tables computed from the records alone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lightning_al.report.bootstrap import paired_difference
+from lightning_al.report.command import main
+from lightning_al.report.paired import cell_pairs
+from lightning_al.report.records import aggregate
+from tests.test_report import write_run
+
+TASKS = np.repeat(["a", "b", "c", "d"], 150)  # 600 examples
+
+
+def sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def outcomes(rng, difficulty, shift, seeds):
+    """(seeds, n) right / wrong answers: example i is right with probability sigmoid(difficulty_i + shift)."""
+    return (rng.random((seeds, len(difficulty))) < sigmoid(difficulty + shift)).astype(float)
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_interval_covers_a_known_effect_and_excludes_zero(seeds):
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    # The true effect on these examples: the mean over them of the difference of the probabilities.
+    effect = float(np.mean(sigmoid(difficulty + 0.5) - sigmoid(difficulty)))
+    a, b = outcomes(rng, difficulty, 0.5, seeds), outcomes(rng, difficulty, 0.0, seeds)
+    ones = np.ones_like(a)
+    d = paired_difference((a, ones), (b, ones), TASKS, macro=True, seeds_a=list(range(seeds)),
+                          seeds_b=list(range(seeds)))
+    assert d.low < effect < d.high and d.low > 0 and d.significant
+    assert d.estimate == pytest.approx(a.mean() - b.mean())  # equal task sizes: macro = micro
+
+
+@pytest.mark.parametrize("seeds", [1, 3])
+def test_interval_includes_zero_without_an_effect(seeds):
+    rng = np.random.default_rng(1)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    a, b = outcomes(rng, difficulty, 0.0, seeds), outcomes(rng, difficulty, 0.0, seeds)
+    ones = np.ones_like(a)
+    d = paired_difference((a, ones), (b, ones), TASKS, macro=False, seeds_a=list(range(seeds)),
+                          seeds_b=list(range(seeds)))
+    assert d.low < 0 < d.high and not d.significant
+
+
+def test_loss_interval_of_a_ratio_metric():
+    """Summed NLL over tokens: a known lower loss of A is found, and the estimate is the ratio of sums."""
+    rng = np.random.default_rng(2)
+    tokens = rng.integers(5, 60, len(TASKS)).astype(float)
+    base = rng.gamma(2.0, 1.0, len(TASKS))  # per-token NLL of each example under B
+    nll_b = tokens * base * rng.lognormal(0, 0.1, len(TASKS))
+    nll_a = tokens * (base - 0.1) * rng.lognormal(0, 0.1, len(TASKS))
+    d = paired_difference((nll_a, tokens), (nll_b, tokens), TASKS, macro=False)
+    assert d.estimate == pytest.approx(nll_a.sum() / tokens.sum() - nll_b.sum() / tokens.sum())
+    assert d.high < 0 and d.low < -0.1 * np.exp(0.005) < d.high
+
+
+def test_intervals_cover_the_population_effect_about_95_percent_of_the_time():
+    """Fresh examples and answers per experiment: the interval holds the population effect ~95% of the time."""
+    rng = np.random.default_rng(3)
+    population = rng.normal(0, 1.5, 1_000_000)
+    effect = float(np.mean(sigmoid(population + 0.3) - sigmoid(population)))
+    covered = []
+    for experiment in range(100):
+        difficulty = rng.normal(0, 1.5, len(TASKS))
+        a, b = outcomes(rng, difficulty, 0.3, 1), outcomes(rng, difficulty, 0.0, 1)
+        d = paired_difference((a, np.ones_like(a)), (b, np.ones_like(b)), TASKS, macro=False, replicates=400,
+                              seed=experiment)
+        covered.append(d.low < effect < d.high)
+    assert 0.88 <= np.mean(covered) <= 1.0
+
+
+def test_cell_pairs_compare_m_within_a_strategy_and_strategies_with_random():
+    pairs = cell_pairs([("random", 1), ("random", 2), ("entropy", 1), ("entropy", 2), ("confidence", 2)])
+    labels = [(kind, group, label) for kind, group, label, _, _ in pairs]
+    assert labels == [("m", "random", "m=2 − m=1"), ("m", "entropy", "m=2 − m=1"),
+                      ("strategy", "m=1", "entropy − random"), ("strategy", "m=2", "confidence − random"),
+                      ("strategy", "m=2", "entropy − random")]
+
+
+def _write_records(run_dir: Path, round: int, name: str, rows: list[dict]) -> None:
+    folder = run_dir / "evaluations" / f"round_{round}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{name}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+
+
+def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -> None:
+    """Runs without metrics.jsonl: m=2 answers BBH better than m=1 (a known effect), entropy is random's equal."""
+    rng = np.random.default_rng(4)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    ids = [f"{task}/{i}" for i, task in enumerate(TASKS)]
+    tokens = rng.integers(5, 40, 300)
+    truth = {}
+    for strategy in ("random", "entropy"):
+        for m in (1, 2):
+            for seed in (0, 1):
+                run_dir = write_run(tmp_path / "study", strategy, m, seed, metrics=False)
+                right = outcomes(rng, difficulty, 0.6 if m == 2 else 0.0, 1)[0]
+                rows = [{"id": i, "task": t, "correct": int(c), "answer": "x", "target": "x", "generation": "..."}
+                        for i, t, c in zip(ids, TASKS, right)]
+                rows.append({**rows[0]})  # a repeated row counts once
+                _write_records(run_dir, m - 1, "bbh", rows)
+                nll = tokens * rng.gamma(4.0, 0.5, 300)
+                _write_records(run_dir, m - 1, "heldout_loss",
+                               [{"id": f"h{i}", "task": "t", "nll": float(x), "tokens": int(n)}
+                                for i, (x, n) in enumerate(zip(nll, tokens))])
+                truth[(strategy, m, seed)] = aggregate(right, np.ones_like(right), TASKS, macro=True)
+    out = tmp_path / "out"
+    main([str(tmp_path / "study"), "--out", str(out)])
+    paired = pd.read_csv(out / "paired.csv")
+    assert set(paired["key"]) == {"bbh/exact_match", "bbh/exact_match_micro", "heldout/loss"}
+    row = paired[(paired["group"] == "entropy") & (paired["key"] == "bbh/exact_match")].iloc[0]
+    expected = np.mean([truth[("entropy", 2, s)] - truth[("entropy", 1, s)] for s in (0, 1)])
+    assert row["comparison"] == "m=2 − m=1" and row["examples"] == 600 and row["seeds_a"] == 2
+    assert row["estimate"] == pytest.approx(expected) and row["low"] > 0
+    assert row["verdict"].startswith("m=2 − m=1 = +") and row["verdict"].endswith("(m=2 better)")
+    loss = paired[(paired["kind"] == "strategy") & (paired["key"] == "heldout/loss")]
+    assert len(loss) == 2 and (loss["verdict"] == "within noise").all()
+    detect = pd.read_csv(out / "detectable.csv").set_index("key")
+    assert detect.loc["bbh/exact_match", "examples"] == 600
+    assert 0.03 < detect.loc["bbh/exact_match_micro", "detectable (independent)"] < 0.09
+    text = (out / "report.md").read_text()
+    assert "## Paired comparisons" in text and "### Smallest detectable difference" in text
+    assert "| within noise |" in text and "| m=2 better |" in text and "**entropy: m=2 − m=1** (A − B)" in text
