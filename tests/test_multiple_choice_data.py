@@ -15,6 +15,7 @@ from lightning_al.evaluation.multiple_choice import (
     load_multiple_choice,
     mc_prompt,
 )
+from tests.conftest import SHARED
 
 MATH = "elementary_mathematics"
 ASTRO = "astronomy"
@@ -215,3 +216,39 @@ def test_empty_file(tmp_path):
     path.write_text("")
     with pytest.raises(ValueError, match=r"empty\.jsonl: no multiple-choice rows"):
         load_multiple_choice(str(path), num_fewshot=0)
+
+
+MMLU = SHARED / "data" / "mmlu"
+
+
+def _by_subject(path):
+    rows = {}
+    for line in path.read_text().split("\n")[:-1]:
+        row = json.loads(line)
+        rows.setdefault(row["subject"], []).append(row)
+    return rows
+
+
+def test_offline_mmlu_sample_takes_its_exemplars_from_dev_jsonl():
+    rows = load_multiple_choice(str(MMLU / "test.jsonl"), fewshot_source=str(MMLU / "dev.jsonl"), num_fewshot=5,
+                                max_examples=30, seed=0)
+    dev = _by_subject(MMLU / "dev.jsonl")
+    test = (MMLU / "test.jsonl").read_text().split("\n")  # not splitlines: questions hold U+0085
+    assert len(rows) == 30 and len({row["subject"] for row in rows}) > 10
+    for row in rows:
+        assert json.loads(test[row["index"]])["question"] == row["question"]  # index: the row in test.jsonl
+        shots = [{**shot, "answer": int(shot["answer"])} for shot in dev[row["subject"]][:5]]
+        assert row["prompt"] == mc_prompt(row["question"], row["choices"], row["subject"], shots)
+    zero = load_multiple_choice(str(MMLU / "test.jsonl"), num_fewshot=0, max_examples=30, seed=0)
+    assert [r["index"] for r in zero] == [r["index"] for r in rows]
+    assert zero[0]["prompt"].count("Answer:") == 1 and zero[0]["prompt"].endswith("Answer:")
+
+
+def test_a_question_repeated_among_the_exemplars_is_left_out_of_its_prompt():
+    """MMLU repeats a few questions: test.jsonl row 1330 is one of college physics' dev exemplars."""
+    rows = load_multiple_choice(str(MMLU / "test.jsonl"), fewshot_source=str(MMLU / "dev.jsonl"), num_fewshot=5,
+                                subjects=["college_physics"])
+    row = next(r for r in rows if r["index"] == 1330)
+    dev = _by_subject(MMLU / "dev.jsonl")["college_physics"]
+    assert any(shot["question"] == row["question"] for shot in dev)
+    assert row["prompt"].count(row["question"].strip()) == 1 and row["prompt"].count("Answer:") == 5

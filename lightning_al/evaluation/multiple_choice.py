@@ -107,8 +107,9 @@ def load_multiple_choice(
             Hub id (loaded with ``fewshot_split``). Required for a local ``source``
             unless ``num_fewshot`` is 0.
         num_fewshot: Exemplars per prompt: the first ``num_fewshot`` exemplar rows of
-            the question's subject, in file order. A subject with fewer uses what it
-            has (a warning is logged).
+            the question's subject, in file order, skipping one that is the question
+            itself (MMLU repeats a few questions, so the answer would be in the prompt).
+            A subject with fewer uses what it has (a warning is logged).
         subjects: Keep only these subjects.
         max_examples: Keep a random subset of at most this many rows (after the
             subject filter), returned in file order.
@@ -140,15 +141,27 @@ def load_multiple_choice(
     short = sorted({str(row["subject"]) for row in rows if len(shots.get(row["subject"], [])) < num_fewshot})
     if short:
         logger.warning("fewer than %d few-shot exemplars for subject(s) %s; using what there is", num_fewshot, short)
+    repeated = 0
     for row in rows:
-        row["prompt"] = mc_prompt(row["question"], row["choices"], row["subject"], shots.get(row["subject"], []))
+        candidates = shots.get(row["subject"], [])
+        own = [s for s in candidates if not _same_question(s, row)]
+        repeated += len(own) < len(candidates)
+        row["prompt"] = mc_prompt(row["question"], row["choices"], row["subject"], own[:num_fewshot])
+    if repeated:
+        logger.info("%d question(s) are also exemplars of their subject; their prompts leave that exemplar out",
+                    repeated)
     return rows
+
+
+def _same_question(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["question"].strip() == b["question"].strip() and a["choices"] == b["choices"]
 
 
 def _fewshot_rows(
     source: str, name: str | None, fewshot_source: str | None, fewshot_split: str | None, num_fewshot: int
 ) -> dict[str | None, Rows]:
-    """The first ``num_fewshot`` exemplar rows of each subject, by subject (``None``: rows without one)."""
+    """The first ``num_fewshot`` + 1 exemplar rows of each subject, by subject (``None``: rows without one):
+    one more than a prompt takes, in case one of them is the question itself."""
     if num_fewshot == 0:
         return {}
     if fewshot_source is None and Path(source).is_file():
@@ -160,7 +173,7 @@ def _fewshot_rows(
         raise ValueError(f"{source}: set `fewshot_split` (or `fewshot_source`) when num_fewshot > 0")
     by_subject: dict[str | None, Rows] = defaultdict(list)
     for shot in _load_rows(fewshot_source or source, name, fewshot_split):
-        if len(by_subject[shot["subject"]]) < num_fewshot:
+        if len(by_subject[shot["subject"]]) <= num_fewshot:
             by_subject[shot["subject"]].append(shot)
     return dict(by_subject)
 
@@ -209,7 +222,8 @@ def _read_file(path: Path) -> list[Any]:
         except json.JSONDecodeError as err:
             raise ValueError(f"{path}: malformed JSON: {err}") from None
     records = []  # JSON lines; Dataset.to_json writes one object per line even to a .json file
-    for line_number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines also splits inside strings at U+0085 / U+2028 (MMLU has some).
+    for line_number, line in enumerate(text.split("\n"), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
