@@ -168,7 +168,7 @@ def main() -> None:
         return
 
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": str(args.threads)}
-    rows, started = [], time.perf_counter()
+    rows, started, loads = [], time.perf_counter(), [os.getloadavg()[0]]
     passthrough = ["--dim", str(args.dim), "--k-fraction", str(args.k_fraction), "--tasks", str(args.tasks),
                    "--threads", str(args.threads), "--full-up-to", str(args.full_up_to), "--fraction",
                    str(args.fraction), "--proxy-dim", str(args.proxy_dim), "--seed", str(args.seed)]
@@ -186,6 +186,7 @@ def main() -> None:
             else:
                 row = json.loads(lines[-1][len("RESULT "):])
             rows.append(row)
+            loads.append(os.getloadavg()[0])
             print(f"N={pool:,} {name}: {row['seconds']} s, {row['peak_mib']} MiB ({row['how']})", flush=True)
     import torch
 
@@ -195,7 +196,9 @@ def main() -> None:
         f"`python benchmarks/bench_selection.py {' '.join(sys.argv[1:])}`: {time.perf_counter() - started:,.0f} s "
         f"in all. Embeddings [N, {args.dim}] float16 (unit random directions), k = {args.k_fraction:g} N, "
         f"nothing labeled, {args.tasks} tasks. Peak extra MiB: VmHWM minus RSS before `select` (inputs not "
-        "counted). The machine is shared with other jobs: timings move by tens of percent between runs.\n\n"
+        f"counted). The machine is shared with other jobs: the 1-minute load average, read after each case, went "
+        f"from {min(loads):.1f} to {max(loads):.1f} on {os.cpu_count()} cores, so the timings are those of a busy "
+        "machine and move by tens of percent between runs.\n\n"
     )
     text = header + table(rows) + "\n"
     print("\n" + table(rows))
