@@ -496,3 +496,36 @@ def test_ties_are_broken_by_pool_order():
     for highest in (True, False):
         expected = sorted(range(len(many)), key=lambda i: -many[i] if highest else many[i])[:150]
         assert top_k(many, 150, highest=highest).tolist() == expected
+
+
+# ------------------------------------------------------------------------ batches sized by tokens
+def test_token_budget_batches_respect_the_budget_and_keep_the_order():
+    from lightning_al.data.batching import token_budget_batches
+
+    lengths = np.array([50, 40, 40, 12, 10, 10, 9, 3, 3, 3, 2])
+    indices = np.argsort(-lengths, kind="stable")
+    batches = token_budget_batches(indices, lengths, max_tokens=100, extra_tokens=10, max_rows=4)
+    assert np.array_equal(np.concatenate(batches), indices)  # every index once, in order
+    for batch in batches:
+        width = lengths[batch].max() + 10
+        assert len(batch) == 1 or len(batch) * width <= 100
+        assert len(batch) <= 4
+    assert [len(b) for b in batches] == [1, 2, 4, 4]  # 60 tokens alone, 2 x 50, then max_rows
+    # A pass resumed at a batch boundary sees the same batches as an uninterrupted one.
+    rest = token_budget_batches(indices[3:], lengths, 100, 10, 4)
+    assert len(rest) == 2 and all(np.array_equal(a, b) for a, b in zip(rest, batches[2:]))
+
+
+@pytest.mark.parametrize("source", ["prompt", "generated"])
+def test_scores_do_not_depend_on_token_budget_batches(source, datamodule, mixed_indices):
+    model = make_model(source)
+    fixed = module_scores(model, datamodule, mixed_indices)
+    datamodule.score_batch_tokens = 120
+    try:
+        sizes = [len(b["index"]) for b in datamodule.score_dataloader(mixed_indices, extra_tokens=MAX_NEW_TOKENS)]
+        budgeted = module_scores(model, datamodule, mixed_indices, mixed=False)
+    finally:
+        datamodule.score_batch_tokens = None
+    assert len(set(sizes)) > 1 and sum(sizes) == len(mixed_indices)  # batches of different sizes
+    for name in SCORE_NAMES:
+        np.testing.assert_allclose(budgeted[name], fixed[name], rtol=0, atol=ATOL, err_msg=name)

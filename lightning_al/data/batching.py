@@ -119,3 +119,27 @@ def length_sorted(indices: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """Indices sorted by decreasing length (stable): batches of equal-length prompts, largest first
     so that an out-of-memory error shows up at once rather than at the end of a pass."""
     return indices[np.argsort(-lengths[indices], kind="stable")]
+
+
+def token_budget_batches(
+    indices: np.ndarray, lengths: np.ndarray, max_tokens: int, extra_tokens: int = 0, max_rows: int | None = None
+) -> list[np.ndarray]:
+    """Consecutive batches of ``indices`` (sorted by decreasing length) holding as many rows as fit in
+    ``rows x (longest prompt + extra_tokens) <= max_tokens``, at least one, at most ``max_rows``.
+
+    Long prompts get small batches and short ones large batches, so that a generation pass makes
+    few decode steps over short prompts without running out of memory on long ones. Greedy from the
+    front: the batches after any batch boundary are those of the remaining indices alone, so a pass
+    resumed at a boundary sees the same batches as an uninterrupted one.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"data.score_batch_tokens must be >= 1, got {max_tokens}")
+    batches, start = [], 0
+    while start < len(indices):
+        width = int(lengths[indices[start]]) + extra_tokens  # the first row is the longest (sorted)
+        rows = max(1, max_tokens // max(width, 1))
+        if max_rows is not None:
+            rows = min(rows, max_rows)
+        batches.append(indices[start : start + rows])
+        start += rows
+    return batches

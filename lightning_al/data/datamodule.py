@@ -15,7 +15,13 @@ from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader, Subset
 
-from lightning_al.data.batching import CausalLMCollator, LengthGroupedSampler, ResumableDataLoader, length_sorted
+from lightning_al.data.batching import (
+    CausalLMCollator,
+    LengthGroupedSampler,
+    ResumableDataLoader,
+    length_sorted,
+    token_budget_batches,
+)
 from lightning_al.data.formatting import tokenize_batch
 from lightning_al.data.sources import PoolSource, SyntheticTasks
 from lightning_al.evaluation.sets import Evaluation, HeldOutAnswers
@@ -52,6 +58,10 @@ class ActiveLearningDataModule(LightningDataModule):
             1.0 accepts any truncation.
         batch_size: Training batch size (per device).
         eval_batch_size: Batch size for validation and for scoring the pool (per device).
+        score_batch_tokens: Size pool-scoring batches by tokens instead of ``eval_batch_size`` rows: as many
+            prompts as fit in this many tokens, each counted as the batch's longest prompt plus the new
+            tokens of generated scoring (long prompts small batches, short prompts large ones; at most
+            8 x eval_batch_size rows). Scores do not depend on it; speed and memory do. None: fixed rows.
         num_workers: DataLoader worker processes.
         num_proc: Processes that tokenize the pool (``datasets.map(num_proc=...)``). None: one per
             10,000 examples, at most one per CPU core; 1: in this process.
@@ -79,6 +89,7 @@ class ActiveLearningDataModule(LightningDataModule):
         max_truncated_fraction: float = 0.5,
         batch_size: int = 8,
         eval_batch_size: int = 16,
+        score_batch_tokens: int | None = None,
         num_workers: int = 0,
         num_proc: int | None = None,
         cache_dir: str | None = None,
@@ -95,6 +106,7 @@ class ActiveLearningDataModule(LightningDataModule):
         self.max_truncated_fraction = max_truncated_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.score_batch_tokens = score_batch_tokens
         self.num_workers = num_workers
         self.num_proc = num_proc
         self.cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_al"
@@ -348,11 +360,22 @@ class ActiveLearningDataModule(LightningDataModule):
             e.dataloader(self.eval_batch_size, self.num_workers, pad) for e in evaluations
         ]
 
-    def score_dataloader(self, indices: np.ndarray) -> DataLoader:
-        """Prompts only (never the reference response), left-padded for generation, sorted by length."""
+    def score_dataloader(self, indices: np.ndarray, extra_tokens: int = 0) -> DataLoader:
+        """Prompts only (never the reference response), left-padded for generation, sorted by length.
+
+        Batches of ``eval_batch_size`` prompts, or with ``score_batch_tokens`` as many as fit in that
+        many tokens, counting each row as the batch's longest prompt plus ``extra_tokens`` (the tokens
+        a generation pass adds), at most ``eval_batch_size`` x 8 rows.
+        """
         indices = length_sorted(np.asarray(indices, dtype=np.int64), self.prompt_lengths)
         collator = CausalLMCollator(self.tokenizer.pad_token_id, padding_side="left", prompt_only=True)
-        return self._loader(indices, self.eval_batch_size, collator)
+        if self.score_batch_tokens is None:
+            return self._loader(indices, self.eval_batch_size, collator)
+        # Positions into the Subset the loader serves (0 .. len(indices) - 1), in the sorted order.
+        positions = token_budget_batches(np.arange(len(indices)), self.prompt_lengths[indices],
+                                         self.score_batch_tokens, extra_tokens, max_rows=8 * self.eval_batch_size)
+        return DataLoader(Subset(self.pool, indices.tolist()), batch_sampler=[p.tolist() for p in positions],
+                          collate_fn=collator, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.score_dataloader(self.unlabeled_indices())

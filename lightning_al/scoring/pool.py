@@ -99,7 +99,8 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("index", *SCORE_NAMES, *(["embedding"] if embeddings else []))}
     done = 0
     if partial is not None:
-        key = hashlib.sha256(f"{partial.key}|{datamodule.eval_batch_size}|{embeddings}|".encode() + shard.tobytes()).hexdigest()
+        batching = f"{datamodule.eval_batch_size}|{getattr(datamodule, 'score_batch_tokens', None)}|{embeddings}"
+        key = hashlib.sha256(f"{partial.key}|{batching}|".encode() + shard.tobytes()).hexdigest()
         saved = partial.load(key)
         if saved is not None:
             done, scores = saved
@@ -108,7 +109,9 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
             rank_zero_info(f"{desc}: continuing a saved pass at example {done} of {len(shard)}")
     was_training = pl_module.training
     pl_module.eval()
-    loader = datamodule.score_dataloader(shard[done:])
+    hp = pl_module.hparams
+    generated = hp.get("score_source") == "generated"
+    loader = datamodule.score_dataloader(shard[done:], extra_tokens=hp.get("max_new_tokens", 0) if generated else 0)
     bar = tqdm(loader, desc=desc, disable=not trainer.is_global_zero, dynamic_ncols=True, leave=False)
     last_save, unsaved = time.monotonic(), 0
     try:
