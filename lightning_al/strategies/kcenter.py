@@ -20,7 +20,9 @@ from lightning_al.strategies.base import AcquisitionStrategy, check_aligned, che
 from lightning_al.strategies.embeddings import nearest_similarity, rows_per_block, unit_float32
 
 
-def k_center_greedy(x: torch.Tensor, labeled: torch.Tensor, k: int, first: int | None, shortlist: int = 512) -> list[int]:
+def k_center_greedy(
+    x: torch.Tensor, labeled: torch.Tensor, k: int, first: int | None, shortlist: int = 512
+) -> list[int]:
     """Positions (in selection order) of k farthest-first picks among the unit rows x.
 
     ``labeled`` are unit rows already covered; ``first`` is the start when there are none. Farthest is the
