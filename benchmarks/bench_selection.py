@@ -16,8 +16,8 @@ resident set). The inputs themselves (float16 embeddings) are not counted.
 The diversity strategies cost O(N k d) (k-center) and O(N² d) (the facility-location kNN graph). Above
 --full-up-to candidates, unless --full, they are measured on a part and scaled: k-center runs the first
 --fraction of its k picks (the greedy is incremental, so these are the first picks of the full run) and
-its time is scaled by k / picks; facility location times the kNN graph on the first --fraction of the
-rows (scaled by N / rows) plus the lazy greedy on the graph of the same pool built from the first --proxy-dim
+its time is scaled by k / picks; facility location times the first --fraction of the kNN graph's
+similarity blocks (scaled by all blocks / blocks timed) plus the lazy greedy on the graph of the same pool built from the first --proxy-dim
 coordinates of the embeddings (same N, k and knn; the greedy's cost does not depend on d). The table says which.
 """
 
@@ -114,14 +114,13 @@ def worker(args: argparse.Namespace) -> dict:
                    how=f"first {picks} picks: {measured:.1f} s, x k/picks")
     else:  # facility location: part of the kNN graph, then the greedy on a cheaper graph of the same size
         assert isinstance(strategy, FacilityLocation)
-        rows = max(1, round(n * args.fraction))
+        blocks = math.ceil(n / 4096)  # knn_graph's default block_rows
+        total = blocks * (blocks + 1) // 2  # blocks on and above the diagonal
+        pairs = max(1, round(total * args.fraction))
         with PeakMemory() as memory, torch.inference_mode():
             start = time.perf_counter()
-            knn_graph(unit_float32(embeddings), strategy.knn, row_limit=rows)
+            knn_graph(unit_float32(embeddings), strategy.knn, pair_limit=pairs)
             graph = time.perf_counter() - start
-        from lightning_al.strategies.embeddings import rows_per_block
-
-        rows = min(n, math.ceil(rows / rows_per_block(n)) * rows_per_block(n))  # whole blocks ran
         with PeakMemory() as greedy_memory, torch.inference_mode():
             pointers, graph_rows, vals = knn_graph(unit_float32(embeddings[:, : args.proxy_dim]), strategy.knn)
             start = time.perf_counter()
@@ -129,9 +128,9 @@ def worker(args: argparse.Namespace) -> dict:
             lazy_greedy(lambda j: (graph_rows[pointers[j] : pointers[j + 1]], vals[pointers[j] : pointers[j + 1]]),
                         n, k, np.zeros(n))
             greedy = time.perf_counter() - start
-        row.update(seconds=graph * n / rows + greedy, peak_mib=max(memory.extra, greedy_memory.extra) / 2**20,
-                   how=f"graph on {rows} rows: {graph:.1f} s, x N/rows; greedy on a {args.proxy_dim}-dim graph: "
-                       f"{greedy:.1f} s")
+        row.update(seconds=graph * total / pairs + greedy, peak_mib=max(memory.extra, greedy_memory.extra) / 2**20,
+                   how=f"graph: {pairs} of {total} similarity blocks {graph:.1f} s, x {total}/{pairs}; greedy on a "
+                       f"{args.proxy_dim}-dim graph: {greedy:.1f} s")
     return row
 
 

@@ -20,6 +20,7 @@ from lightning_al.strategies import (
     strategy_from_spec,
     uncertainty,
 )
+from lightning_al.strategies.facility import knn_graph
 from lightning_al.strategies.kcenter import k_center_greedy
 from lightning_al.strategies.stochastic import log_weights
 
@@ -139,6 +140,21 @@ def test_facility_location_sparse_equals_dense_when_knn_covers_the_pool(labeled_
     sparse = FacilityLocation(knn=70, dense_threshold=0).greedy(x, labeled, 35)
     assert sparse[0] == dense[0]
     assert sparse[1] == pytest.approx(dense[1], abs=1e-5)
+
+
+@pytest.mark.parametrize("block_rows", [7, 60])
+def test_knn_graph_holds_each_rows_top_k_whatever_the_blocks(block_rows):
+    x = unit(60, dim=5, seed=15)
+    pointers, rows, vals = knn_graph(torch.tensor(x, dtype=torch.float32), 6, block_rows=block_rows)
+    full = np.clip(f64(x) @ f64(x).T, 0, None)
+    np.fill_diagonal(full, 1.0)
+    got = np.zeros_like(full)
+    for j in range(60):
+        got[rows[pointers[j] : pointers[j + 1]], j] = vals[pointers[j] : pointers[j + 1]]
+    for i in range(60):
+        top = np.argsort(-full[i], kind="stable")[:6]
+        assert set(np.flatnonzero(got[i])) == {t for t in top if full[i, t] > 0}
+    assert got[got > 0] == pytest.approx(full[got > 0], abs=1e-6)
 
 
 def test_facility_location_sparse_graph_is_the_knn_sparsification():

@@ -19,29 +19,51 @@ import numpy as np
 import torch
 
 from lightning_al.strategies.base import AcquisitionStrategy, check_aligned, check_k
-from lightning_al.strategies.embeddings import nearest_similarity, rows_per_block, unit_float32
+from lightning_al.strategies.embeddings import nearest_similarity, unit_float32
 
 #: Column j of the similarity: (the rows i it covers, sim(i, j) for them); rows may be ``slice(None)``.
 Column = Callable[[int], tuple[np.ndarray | slice, np.ndarray]]
 
 
-def knn_graph(x: torch.Tensor, knn: int, row_limit: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _merge(best_values: torch.Tensor, best_columns: torch.Tensor, sims: torch.Tensor, first_column: int) -> None:
+    """Keep, per row, the largest of the running top-k and one block of similarities (in place)."""
+    knn = best_values.shape[1]
+    top = torch.topk(torch.cat([best_values, sims], dim=1), knn, dim=1)
+    from_block = top.indices >= knn
+    kept = best_columns.gather(1, top.indices.clamp(max=knn - 1))
+    best_columns.copy_(torch.where(from_block, top.indices - knn + first_column, kept))
+    best_values.copy_(top.values)
+
+
+def knn_graph(
+    x: torch.Tensor, knn: int, block_rows: int = 4096, pair_limit: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Sparse clipped similarity by column (CSC): column j holds the rows i that have j among their
-    ``knn`` most similar rows, sorted by i. Returns (column pointers [N + 1], rows, float32 values).
-    ``row_limit`` builds only the first rows' neighbours (a benchmark times part of a large graph)."""
+    ``knn`` most similar rows (itself included), sorted by i. Returns (column pointers [N + 1], rows,
+    float32 values).
+
+    The similarity is symmetric, so only the blocks on and above the diagonal are computed ([block_rows,
+    block_rows] each), and each serves the top-k of both its row block and its column block: half the
+    products of a row-by-row pass, and sim(i, j) is the same number for i and for j. ``pair_limit`` stops
+    after that many blocks (a benchmark times part of a large graph).
+    """
     n = len(x)
     knn = min(knn, n)
-    rows, cols, vals = [], [], []
-    step = rows_per_block(n)
-    for r in range(0, n if row_limit is None else min(row_limit, n), step):
-        block = x[r : r + step] @ x.T
-        block[:, r : r + step].fill_diagonal_(1.0)  # cos(i, i) is 1; float32 rounding would say 1 - 6e-8
-        top = torch.topk(block, knn, dim=1)
-        rows.append(np.repeat(np.arange(r, r + len(top.values)), knn))
-        cols.append(top.indices.cpu().numpy().ravel())
-        vals.append(top.values.cpu().numpy().ravel())
-    rows, cols, vals = np.concatenate(rows), np.concatenate(cols), np.concatenate(vals)
-    keep = vals > 0  # clipped at 0: a non-positive similarity covers nothing
+    best_values = torch.full((n, knn), -torch.inf, device=x.device)
+    best_columns = torch.full((n, knn), -1, dtype=torch.long, device=x.device)
+    starts = range(0, n, block_rows)
+    pairs = [(r, c) for r in starts for c in starts if c >= r]
+    for r, c in pairs[:pair_limit]:
+        sims = x[r : r + block_rows] @ x[c : c + block_rows].T
+        rows, cols = slice(r, r + len(sims)), slice(c, c + sims.shape[1])
+        if r == c:
+            sims.fill_diagonal_(1.0)  # cos(i, i) is 1; float32 rounding would say 1 - 6e-8
+        _merge(best_values[rows], best_columns[rows], sims, c)
+        if r != c:
+            _merge(best_values[cols], best_columns[cols], sims.T, r)
+    rows = np.repeat(np.arange(n), knn)
+    cols, vals = best_columns.cpu().numpy().ravel(), best_values.cpu().numpy().ravel()
+    keep = vals > 0  # clipped at 0: a non-positive similarity covers nothing (and unfilled slots are -inf)
     rows, cols, vals = rows[keep], cols[keep], vals[keep]
     order = np.lexsort((rows, cols))
     pointers = np.zeros(n + 1, dtype=np.int64)
