@@ -16,6 +16,7 @@ from lightning_al.evaluation.scoring import choice_logprobs
 from lightning_al.model.inference import greedy_generate
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
 from tests.conftest import REPO, SHARED, TINY_LLAMA, tiny_run_args
+from tests.test_records import check_records_add_up
 
 BBH = SHARED / "data" / "bbh"
 
@@ -118,7 +119,7 @@ def test_run_writes_metrics_for_every_evaluation_set(workdir):
         {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 8}},
         {"class_path": "lightning_al.evaluation.BigBenchHard",
          "init_args": {"path": str(BBH), "tasks": ["boolean_expressions", "navigate"], "max_examples_per_task": 2,
-                       "max_new_tokens": 8}},
+                       "max_new_tokens": 8, "rounds": [-1]}},  # the last round only
         {"class_path": "lightning_al.evaluation.MultipleChoice",
          "init_args": {"source": str(choices), "name": "quiz", "num_fewshot": 0}},
     ]
@@ -127,7 +128,17 @@ def test_run_writes_metrics_for_every_evaluation_set(workdir):
     run_dir = workdir / "checkpoints" / "tiny"
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     by_key = {(r["round"], r["evaluation"]): r for r in rows}
-    assert sorted(by_key) == sorted((r, e) for r in (0, 1) for e in ("heldout", "bbh", "quiz", "cost", "selection"))
+    assert sorted(by_key) == sorted([(r, e) for r in (0, 1) for e in ("heldout", "quiz", "cost", "selection")]
+                                    + [(1, "bbh")])
+    # Per-example records of every set that ran, adding up exactly to the round's metrics.
+    assert sorted(p.name for p in (run_dir / "evaluations" / "round_0").iterdir()) == [
+        "heldout.jsonl", "heldout_loss.jsonl", "quiz.jsonl"]
+    check_records_add_up(run_dir, 0, by_key, {"heldout": "answer_exact_match", "quiz": "accuracy"})
+    check_records_add_up(run_dir, 1, by_key,
+                         {"heldout": "answer_exact_match", "quiz": "accuracy", "bbh": "exact_match"})
+    bbh_rows = [json.loads(line) for line in (run_dir / "evaluations" / "round_1" / "bbh.jsonl").open()]
+    assert {row["id"].split("/")[0] for row in bbh_rows} == {"boolean_expressions", "navigate"}
+    assert {"answer", "target", "generation", "correct"} <= set(bbh_rows[0])
     assert [by_key[(r, "heldout")]["labeled"] for r in (0, 1)] == [20, 40]
     bbh = by_key[(1, "bbh")]
     assert bbh["examples"] == 4 and set(bbh) >= {"exact_match", "exact_match_micro", "exact_match/navigate"}

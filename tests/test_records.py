@@ -1,5 +1,5 @@
-"""Per-example evaluation records: they add up to metrics.jsonl exactly, sets restricted to some rounds
-run only there, and under 2-process DDP every example is recorded once."""
+"""Per-example evaluation records under 2-process DDP: every example recorded once, adding up to
+metrics.jsonl exactly (the single-process run: tests/test_evaluation.py)."""
 
 import json
 import subprocess
@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from lightning_al.cli import main
-from tests.conftest import SHARED, tiny_run_args
+from tests.conftest import tiny_run_args
 
 QUIZ = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4,
          "subject": "odd" if i % 2 else "even"} for i in range(7)]  # 7: DDP pads one repeat
 
 
-def _evaluations(workdir, bbh_rounds=None):
+def _evaluations(workdir):
     quiz = workdir / "quiz.jsonl"
     quiz.write_text("".join(json.dumps(q) + "\n" for q in QUIZ))
     evaluations = [
@@ -24,10 +24,6 @@ def _evaluations(workdir, bbh_rounds=None):
         {"class_path": "lightning_al.evaluation.MultipleChoice",
          "init_args": {"source": str(quiz), "name": "quiz", "num_fewshot": 0}},
     ]
-    if bbh_rounds is not None:
-        evaluations.append({"class_path": "lightning_al.evaluation.BigBenchHard",
-                            "init_args": {"path": str(SHARED / "data" / "bbh"), "tasks": ["navigate", "web_of_lies"],
-                                          "max_examples_per_task": 2, "max_new_tokens": 6, "rounds": bbh_rounds}})
     return json.dumps(evaluations)
 
 
@@ -46,7 +42,7 @@ def _grouped(rows, value, weight=None):
     return float(np.mean(list(per_task.values()))), micro, per_task
 
 
-def _check_sums(run_dir, round, metrics, sets):
+def check_records_add_up(run_dir, round, metrics, sets):
     """Every aggregate of the round's metrics.jsonl rows from the round's records alone."""
     folder = run_dir / "evaluations" / f"round_{round}"
     loss = _read(folder / "heldout_loss.jsonl")
@@ -68,33 +64,15 @@ def _check_sums(run_dir, round, metrics, sets):
     return loss
 
 
-def test_records_of_a_run_add_up_to_its_metrics_and_sets_run_at_their_rounds(workdir):
-    args = tiny_run_args(workdir, **{"data.evaluations": _evaluations(workdir, bbh_rounds=[-1]),
-                                     "loop.epochs_per_round": 1})
-    main(["fit", *args])
-    run_dir = workdir / "checkpoints" / "tiny"
-    metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
-    assert (0, "bbh") not in metrics and (1, "bbh") in metrics  # rounds: [-1] is the last of 2
-    assert sorted(p.name for p in (run_dir / "evaluations" / "round_0").iterdir()) == [
-        "heldout.jsonl", "heldout_loss.jsonl", "quiz.jsonl"]
-    _check_sums(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
-    loss = _check_sums(run_dir, 1, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy",
-                                             "bbh": "exact_match"})
-    assert len(loss) == 16 and all(row["tokens"] > 0 for row in loss)
-    bbh = _read(run_dir / "evaluations" / "round_1" / "bbh.jsonl")
-    assert {row["id"].split("/")[0] for row in bbh} == {"navigate", "web_of_lies"}
-    assert {"answer", "target", "generation", "correct"} <= set(bbh[0])
-
-
 def test_ddp_records_each_example_once(workdir):
     args = tiny_run_args(workdir, **{"data.evaluations": _evaluations(workdir), "loop.rounds": 1,
                                      "loop.epochs_per_round": 1, "loop.budget": 24, "data.validation_size": 15,
-                                     "data.eval_batch_size": 4})
+                                     "data.eval_batch_size": 4, "loop.diversity_sample": 0})
     result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, "--trainer.strategy=ddp",
                              "--trainer.devices=2"], cwd=workdir, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = workdir / "checkpoints" / "tiny"
     metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
-    loss = _check_sums(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
+    loss = check_records_add_up(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
     assert len(loss) == len({row["id"] for row in loss}) == 15  # odd sizes: the sampler repeats one example
     assert len(_read(run_dir / "evaluations" / "round_0" / "quiz.jsonl")) == len(QUIZ)

@@ -290,7 +290,8 @@ class MultipleChoice(Evaluation):
         chosen = []
         for row, logprobs in zip(rows, choice_logprobs(module.model, batch, [r["continuations"] for r in rows])):
             chosen.append(int(torch.argmax(logprobs)))  # ties: the first choice, as in lm-evaluation-harness
-        self.records.add(batch["index"], chosen=[LETTERS[c] for c in chosen], target=[LETTERS[r["answer"]] for r in rows])
+        self.records.add(batch["index"], chosen=[LETTERS[c] for c in chosen],
+                         target=[LETTERS[r["answer"]] for r in rows])
         return torch.tensor([float(c == r["answer"]) for c, r in zip(chosen, rows)])
 
 

@@ -70,7 +70,8 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
         return [*lines, "_No finished runs with per-example records of their last round to compare._\n"]
     shown = {"key": "metric", "examples": "examples", "seeds_a": "seeds A", "seeds_b": "seeds B",
              "difference": "A − B [95% interval]", "call": "verdict"}
-    titles = {"m": "### m values of the same strategy\n", "strategy": "### Each strategy against random at the same m\n"}
+    titles = {"m": "### m values of the same strategy\n",
+              "strategy": "### Each strategy against random at the same m\n"}
     for kind, title in titles.items():
         part = paired[paired["kind"] == kind]
         if part.empty:
@@ -147,7 +148,8 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
-    detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories or folders of them (see ``load_runs``).
+    detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories or folders of them
+    (see ``load_runs``).
     """
     runs = load_runs(run_dirs)
     out = Path(out)

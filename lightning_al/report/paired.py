@@ -106,7 +106,8 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> 
                 rows.append({"kind": kind, "group": group, "comparison": label, "key": metric.key, "examples": n,
                              "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "estimate": d.estimate, "low": d.low,
                              "high": d.high, "se": d.se, "difference": interval(d),
-                             "call": call(label, d, metric.lower_is_better), "verdict": verdict(label, d, metric.lower_is_better)})
+                             "call": call(label, d, metric.lower_is_better),
+                             "verdict": verdict(label, d, metric.lower_is_better)})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
 
 
@@ -133,7 +134,8 @@ def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
         binary = not entries[0][2]
         independent = DETECTABLE_Z * math.sqrt(2 * p * (1 - p) / n) if binary else float("nan")
         ses = paired.loc[paired["key"] == key, "se"] if not paired.empty else pd.Series(dtype=float)
+        observed = DETECTABLE_Z * float(ses.median()) if len(ses) else float("nan")
         rows.append({"key": key, "examples": n, "mean": p, "detectable (independent)": independent,
-                     "detectable (paired, this study)": DETECTABLE_Z * float(ses.median()) if len(ses) else float("nan")})
+                     "detectable (paired, this study)": observed})
     return pd.DataFrame(rows, columns=["key", "examples", "mean", "detectable (independent)",
                                        "detectable (paired, this study)"])
