@@ -42,6 +42,17 @@ def test_interval_covers_a_known_effect_and_excludes_zero(seeds):
     assert d.estimate == pytest.approx(a.mean() - b.mean())  # equal task sizes: macro = micro
 
 
+def test_cells_with_different_seeds_are_resampled_independently():
+    rng = np.random.default_rng(5)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    effect = float(np.mean(sigmoid(difficulty + 0.5) - sigmoid(difficulty)))
+    a, b = outcomes(rng, difficulty, 0.5, 3), outcomes(rng, difficulty, 0.0, 2)
+    d = paired_difference((a, np.ones_like(a)), (b, np.ones_like(b)), TASKS, macro=True, seeds_a=[0, 1, 2],
+                          seeds_b=[3, 4])
+    assert not d.paired_seeds and (d.seeds_a, d.seeds_b) == (3, 2)
+    assert d.low < effect < d.high and d.low > 0
+
+
 @pytest.mark.parametrize("seeds", [1, 3])
 def test_interval_includes_zero_without_an_effect(seeds):
     rng = np.random.default_rng(1)
