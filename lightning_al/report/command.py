@@ -67,7 +67,8 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
                   "has several (seeds resampled first). \"within noise\": the interval contains 0. Lower is better "
                   "for the loss. Same comparisons in paired.csv.")]
     if paired.empty:
-        return [*lines, "_No finished runs with per-example records of their last round to compare._\n"]
+        lines.append("_No comparison: it needs finished runs of two cells (two m values of a strategy, or a strategy "
+                     "and random at the same m) with per-example records of their last round (evaluations/)._\n")
     shown = {"key": "metric", "examples": "examples", "seeds_a": "seeds A", "seeds_b": "seeds B",
              "difference": "A − B [95% interval]", "call": "verdict"}
     titles = {"m": "### m values of the same strategy\n",
@@ -80,6 +81,8 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
         for (group, comparison), rows in part.groupby(["group", "comparison"], sort=False):
             table = rows[list(shown)].rename(columns=shown)
             lines += [f"**{group}: {comparison}** (A − B)\n", to_markdown(table) + "\n"]
+    if detect.empty:
+        return lines
     lines += ["### Smallest detectable difference\n",
               _how("the smallest true difference each metric detects 5% two-sided with 80% power: from two "
                    "independent samples of its size at its mean rate (right / wrong metrics), and from this study's "
