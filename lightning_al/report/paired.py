@@ -73,8 +73,11 @@ def verdict(label: str, d: Difference, lower_is_better: bool) -> str:
 
 
 def interval(d: Difference) -> str:
-    """``+0.031 [+0.004, +0.058]``."""
-    return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+    """``+0.031 [+0.004, +0.058]``: 3 decimals, more when the interval is narrower than 0.01 (small loss
+    differences), so that its ends stay apart."""
+    width = d.high - d.low
+    decimals = 3 if not width > 0 or width >= 0.01 else min(6, math.ceil(-math.log10(width)) + 1)
+    return f"{d.estimate:+.{decimals}f} [{d.low:+.{decimals}f}, {d.high:+.{decimals}f}]"
 
 
 def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> pd.DataFrame:
