@@ -78,6 +78,8 @@ class ActiveLearningCLI(LightningCLI):
                 class_path="lightning.pytorch.loggers.TensorBoardLogger",
                 init_args=Namespace(save_dir="lightning_logs", name=config.run_name, version=""),
             )
+        else:
+            _default_logger_folders(config.trainer.logger, config.run_name)
 
     def _resolve_ckpt_path(self) -> None:
         # `--ckpt_path last` means this run folder's newest loadable checkpoint (past a corrupt
@@ -102,6 +104,21 @@ class ActiveLearningCLI(LightningCLI):
 
     def before_predict(self) -> None:
         self._resolve_ckpt_path()
+
+
+def _default_logger_folders(loggers: object, run_name: str) -> None:
+    """Any other logger (CSVLogger, WandbLogger, ...) left at its defaults writes where TensorBoard would:
+    ``lightning_logs/<run_name>`` (and, for wandb, a run named ``run_name``)."""
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        args = getattr(logger, "init_args", None)
+        if args is None:
+            continue
+        if "save_dir" in args and args.save_dir in (None, "."):
+            args.save_dir = "lightning_logs"
+        if "name" in args and args.name in (None, "lightning_logs"):
+            args.name = run_name
+        if "version" in args and args.version is None and "offline" not in args:  # a wandb version is its run id
+            args.version = ""
 
 
 def main(args: list[str] | None = None) -> ActiveLearningCLI:

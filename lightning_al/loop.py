@@ -328,11 +328,11 @@ class ActiveLearningLoop(Callback):
             for name, rows in getattr(pl_module, "evaluation_records", {}).items():
                 write_records(records_path(self.run_dir, round, name), rows)
             self._write_metrics(round, labeled, trainer, results)
-        if trainer.logger is not None:
-            # Main metrics (not per task) against the round and against the labeled count.
-            main = {f"{name}/{k}": v for name, values in results.items() for k, v in values.items() if "/" not in k}
-            trainer.logger.log_metrics({f"round/{k}": v for k, v in main.items()}, step=round)
-            trainer.logger.log_metrics({f"labeled/{k}": v for k, v in main.items()}, step=labeled)
+        # Main metrics (not per task) against the round and against the labeled count, to every logger.
+        main = {f"{name}/{k}": v for name, values in results.items() for k, v in values.items() if "/" not in k}
+        for logger in trainer.loggers:
+            logger.log_metrics({f"round/{k}": v for k, v in main.items()}, step=round)
+            logger.log_metrics({f"labeled/{k}": v for k, v in main.items()}, step=labeled)
         shown = ", ".join(f"{n}/{k}={v:.4f}" for n, vals in results.items() if n not in ("cost", "selection")
                           for k, v in vals.items() if "/" not in k and k != "count")
         rank_zero_info(f"Round {round} trained on {len(dm.train_indices())} of {labeled} labels. {shown}")
@@ -360,7 +360,11 @@ class ActiveLearningLoop(Callback):
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         labeled = len(trainer.datamodule.labeled_indices())
-        where = f"; TensorBoard: tensorboard --logdir {trainer.logger.log_dir}" if trainer.logger else ""
+        where = "".join(
+            f"; TensorBoard: tensorboard --logdir {logger.log_dir}" if isinstance(logger, TensorBoardLogger)
+            else f"; {type(logger).__name__}: {logger.log_dir or logger.save_dir or logger.name}"
+            for logger in trainer.loggers
+        )
         rank_zero_info(
             f"Done: {self.round + 1}/{self.rounds} rounds, labeled {labeled}/{self.budget}. "
             f"Rounds and adapters: {self.run_dir / 'rounds'}; checkpoints: {self.run_dir}{where}"
@@ -384,7 +388,7 @@ class ActiveLearningLoop(Callback):
             f"Round {round}/{self.rounds - 1}: acquired {len(chosen)} with {self.strategy!r}; "
             f"labeled {labeled}/{self.budget}; wrote {self.run_dir / 'rounds' / f'round_{round}.jsonl'}"
         )
-        if trainer.logger is None:
+        if not trainer.loggers:
             return
         tasks, counts = np.unique(dm.tasks[chosen], return_counts=True)
         metrics = {"al/round": round, "al/labeled": labeled,
@@ -392,9 +396,13 @@ class ActiveLearningLoop(Callback):
                    "al/acquired_response_tokens_mean": float(dm.response_lengths[chosen].mean())}
         metrics.update({f"al/acquired_task/{t}": int(c) for t, c in zip(tasks, counts)})
         metrics.update({f"al/acquired_{k}_mean": float(v.mean()) for k, v in chosen_scores.items()})
-        trainer.logger.log_metrics(metrics, step=trainer.global_step)
-        if isinstance(trainer.logger, TensorBoardLogger) and trainer.is_global_zero:
-            writer = trainer.logger.experiment
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        # Histograms are TensorBoard's alone; other loggers get the scalars above.
+        for logger in trainer.loggers if trainer.is_global_zero else []:
+            if not isinstance(logger, TensorBoardLogger):
+                continue
+            writer = logger.experiment
             writer.add_histogram("al/acquired_prompt_tokens", dm.prompt_lengths[chosen], round)
             writer.add_histogram("al/acquired_response_tokens", dm.response_lengths[chosen], round)
             for k, v in scores.items():

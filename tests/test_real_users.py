@@ -79,3 +79,56 @@ def test_pool_mostly_truncated_fails_before_tokenizing(workdir, nothing_loaded):
         main(["fit", *tiny_run_args(workdir, **{"data.max_length": 24})])
     assert "prompt + response: median" in str(info.value)
     assert_nothing_written(workdir)
+
+
+# --- other loggers ---------------------------------------------------------------------------
+
+
+def test_csv_logger_beside_tensorboard_receives_the_per_round_metrics(workdir):
+    """Every logger gets the scalars; TensorBoard alone gets the histograms (the CSV logger is not asked)."""
+    import csv
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    loggers = ('[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb"}},'
+               ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "lightning_logs"}}]')
+    main(["fit", *tiny_run_args(workdir, **{"trainer.logger": loggers, "loop.diversity_sample": 0})])
+    # Left at their defaults, both write under a folder named after the run (no version_N).
+    rows = list(csv.DictReader((workdir / "lightning_logs" / "tiny" / "metrics.csv").open()))
+    by_round = {int(row["step"]): row for row in rows if row.get("round/heldout/loss")}
+    assert sorted(by_round) == [0, 1]
+    assert all(0 <= float(row["round/heldout/answer_exact_match"]) <= 1 for row in by_round.values())
+    assert {int(row["step"]) for row in rows if row.get("labeled/heldout/loss")} == {20, 40}
+    assert [float(row["al/labeled"]) for row in rows if row.get("al/labeled")] == [20, 40]
+    assert any(row.get("train/loss") for row in rows)
+    events = EventAccumulator(str(workdir / "tb" / "tiny")).Reload()
+    assert "round/heldout/loss" in events.Tags()["scalars"]
+    assert "al/acquired_prompt_tokens" in events.Tags()["histograms"]
+
+
+def test_wandb_logger_offline_receives_the_per_round_metrics(workdir, monkeypatch):
+    wandb = pytest.importorskip("wandb")  # an optional extra: pip install "lightning-al[wandb]"
+    from lightning.pytorch.loggers import WandbLogger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logged: dict[str, list] = {}
+    original = WandbLogger.log_metrics
+
+    def spy(self, metrics, step=None):
+        for key, value in metrics.items():
+            logged.setdefault(key, []).append((step, value))
+        return original(self, metrics, step)
+
+    monkeypatch.setattr(WandbLogger, "log_metrics", spy)
+    args = tiny_run_args(workdir, **{"trainer.logger": "lightning.pytorch.loggers.WandbLogger",
+                                     "trainer.logger.init_args.offline": "true", "loop.diversity_sample": 0})
+    try:
+        main(["fit", *args])
+    finally:
+        wandb.finish()
+    assert [step for step, _ in logged["round/heldout/loss"]] == [0, 1]
+    assert [step for step, _ in logged["labeled/heldout/answer_exact_match"]] == [20, 40]
+    assert [value for _, value in logged["al/labeled"]] == [20, 40] and "train/loss" in logged
+    # Named after the run, under lightning_logs/ like the other loggers.
+    assert len(list((workdir / "lightning_logs" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1

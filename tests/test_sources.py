@@ -55,6 +55,14 @@ def _expected_answer(task: str, prompt: str) -> str:
     if task == "add":
         a, b = argument.split(" + ")
         return str(int(a) + int(b))
+    if task == "first":
+        return argument[0]
+    if task == "last":
+        return argument[-1]
+    if task == "length":
+        return str(len(argument))
+    if task == "next":
+        return "abcdefghijklmnopqrstuvwxyza"["abcdefghijklmnopqrstuvwxyz".index(argument) + 1]
     if task == "count":
         letter = re.fullmatch(r"Count the letter (\w) in", prompt.split(": ", 1)[0]).group(1)
         return str(argument.count(letter))
@@ -76,7 +84,7 @@ def test_synthetic_answers_are_exact_and_lengths_bounded():
     for example in examples:
         assert example["response"] == _expected_answer(example["task"], example["prompt"]), example
         assert example["prompt"].isascii() and example["system"] == ""
-        if example["task"] in ("copy", "reverse", "sort", "upper", "count"):
+        if example["task"] in ("copy", "reverse", "sort", "upper", "count", "first", "last", "length"):
             assert 2 <= len(example["prompt"].split(": ", 1)[1]) <= 9
 
 
@@ -347,3 +355,44 @@ def test_local_json_array_file_with_a_syntax_error_names_the_line(tmp_path):
         LocalFile(str(path)).load()
     path.write_text('[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]')
     assert LocalFile(str(path)).load()["response"] == ["b", "d"]
+
+
+# --- FlanCoT from a URL (GitHub by default) ---------------------------------------------------
+
+
+@pytest.fixture
+def http_folder(tmp_path):
+    """A folder served over http on localhost, standing in for raw.githubusercontent.com."""
+    import functools
+    import http.server
+    import threading
+
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield root, f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+def test_flan_cot_from_a_url_is_downloaded_once_then_read_offline(http_folder, tmp_path, monkeypatch):
+    import datasets
+
+    root, url = http_folder
+    (root / "qasc_train.tsv").write_text("What is 1+1?\t2\tOne and one make two.\n")
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "cache")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "0")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    source = FlanCoT(path=f"{url}/", tasks=["qasc"])
+    assert source.load()["response"] == ["One and one make two. So the answer is 2."]
+    with pytest.raises(DataValidationError, match=rf"{url}/gsm8k_train\.tsv: cannot be downloaded .*404"):
+        FlanCoT(path=url, tasks=["gsm8k"]).load()
+    # Offline: the cached copy is read; anything else fails at once, naming the URL.
+    (root / "qasc_train.tsv").unlink()
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert len(source.load()) == 1
+    with pytest.raises(DataValidationError, match=rf"{url}/creak_train\.tsv: not in the download cache .*OFFLINE"):
+        FlanCoT(path=url, tasks=["creak"]).load()

@@ -65,6 +65,10 @@ class ActiveLearningDataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         num_proc: Processes that tokenize the pool (``datasets.map(num_proc=...)``). None: one per
             10,000 examples, at most one per CPU core; 1: in this process.
+        length_group_factor: Training order: a seeded shuffle, then sorted by length within groups of this
+            many batches, so that batches hold little padding. 1: a plain shuffle, batches of mixed
+            lengths; better when lengths mark tasks and the labeled set fits in one group (a sorted epoch
+            then trains one task after another), as in the demo.
         cache_dir: Folder of the tokenized-pool cache: ``<cache_dir>/lightning_al/tokenized-<hash>.arrow``,
             keyed on the pool's contents, the tokenizer and the lengths, so it is reused across runs and
             never stale. Default: the datasets cache (``$HF_DATASETS_CACHE``, which is
@@ -92,6 +96,7 @@ class ActiveLearningDataModule(LightningDataModule):
         score_batch_tokens: int | None = None,
         num_workers: int = 0,
         num_proc: int | None = None,
+        length_group_factor: int = 50,
         cache_dir: str | None = None,
         evaluations: list[Evaluation] | None = None,
     ) -> None:
@@ -109,6 +114,7 @@ class ActiveLearningDataModule(LightningDataModule):
         self.score_batch_tokens = score_batch_tokens
         self.num_workers = num_workers
         self.num_proc = num_proc
+        self.length_group_factor = length_group_factor
         self.cache_dir = Path(cache_dir or datasets.config.HF_DATASETS_CACHE) / "lightning_al"
         #: Only the newest round is trained on (the ``incremental`` retraining policy); set by the loop.
         self.train_latest_round_only = False
@@ -325,7 +331,8 @@ class ActiveLearningDataModule(LightningDataModule):
             raise RuntimeError("train_dataloader: nothing is labeled yet (the loop acquires round 0 in on_fit_start)")
         # A new order each epoch, reproducible from (seed, epoch) so that a resumed run sees the same batches.
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        sampler = LengthGroupedSampler(self.pool_lengths[indices], self.batch_size, seed=self.seed * 100_003 + epoch)
+        sampler = LengthGroupedSampler(self.pool_lengths[indices], self.batch_size, seed=self.seed * 100_003 + epoch,
+                                       group_factor=self.length_group_factor)
         # Resumable: a mid-epoch checkpoint holds the loader's position, so a resumed run trains on the
         # rest of this epoch's batches.
         return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler,

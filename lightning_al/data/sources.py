@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import abc
 import csv
+import hashlib
 import inspect
 import io
 import json
 import logging
+import os
+import shutil
+import urllib.request
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -89,7 +93,7 @@ class SyntheticTasks(PoolSource):
 
         Args:
             num_examples: Number of examples in the pool; tasks are assigned round-robin.
-            tasks: Task names, any of copy, reverse, sort, add, count, upper.
+            tasks: Task names, any of copy, reverse, sort, add, count, upper, first, last, length, next.
             seed: Seed of the generator; the same seed always gives the same pool.
             min_length: Shortest input (letters, or total digits for ``add``); longer is harder.
             max_length: Longest input; lengths are drawn uniformly from ``[min_length, max_length]``.
@@ -230,19 +234,31 @@ class HubDataset(PoolSource):
         )
 
 
+#: The canonical copy of the FLAN v2 chain-of-thought files: google-research/FLAN on GitHub.
+FLAN_COT_URL = "https://raw.githubusercontent.com/google-research/FLAN/main/flan/v2/cot_data"
+#: Its tasks (``<task>_train.tsv``).
+FLAN_COT_TASKS = ("aqua", "creak", "ecqa", "esnli", "gsm8k", "qasc", "qed", "sensemaking", "strategyqa")
+
+
 class FlanCoT(PoolSource):
     """FLAN v2 chain-of-thought TSV files (``<task>_train.tsv``: question, answer, rationale; no header).
 
     The response is ``"<rationale> So the answer is <answer>."``, the format FLAN
-    uses to train chain-of-thought; ids are ``<task>-<row>``.
+    uses to train chain-of-thought; ids are ``<task>-<row>``. The files come from a local folder or
+    from a URL (by default GitHub's google-research/FLAN ``flan/v2/cot_data``), downloaded once into
+    the datasets cache.
     """
 
-    def __init__(self, path: str, tasks: list[str] | None = None, drop_invalid: bool = False) -> None:
+    def __init__(self, path: str = FLAN_COT_URL, tasks: list[str] | None = None, drop_invalid: bool = False) -> None:
         """Configure the FLAN CoT source.
 
         Args:
-            path: A folder of ``<task>_train.tsv`` files, or one such file.
-            tasks: Tasks to load (file names without ``_train.tsv``); all when not given.
+            path: A folder of ``<task>_train.tsv`` files, one such file, or an http(s) URL of a folder
+                (default: google-research/FLAN on GitHub). Downloads are cached in
+                ``$HF_DATASETS_CACHE/lightning_al/downloads``; with ``HF_DATASETS_OFFLINE=1`` only
+                that cache is read.
+            tasks: Tasks to load (file names without ``_train.tsv``); all when not given (for a
+                URL: aqua, creak, ecqa, esnli, gsm8k, qasc, qed, sensemaking, strategyqa).
             drop_invalid: Drop malformed or empty rows (logging how many and why)
                 instead of raising an error.
         """
@@ -260,6 +276,9 @@ class FlanCoT(PoolSource):
         return _to_dataset(examples)
 
     def _task_files(self) -> dict[str, Path]:
+        if self.path.startswith(("http://", "https://")):
+            base = self.path.rstrip("/")
+            return {task: download(f"{base}/{task}_train.tsv") for task in self.tasks or FLAN_COT_TASKS}
         root = Path(self.path)
         if root.is_file():
             files = [root]
@@ -276,6 +295,38 @@ class FlanCoT(PoolSource):
         if unknown:
             raise DataValidationError(f"{root}: tasks {unknown} not found; available tasks: {sorted(by_task)}")
         return {task: by_task[task] for task in self.tasks}
+
+
+def download(url: str) -> Path:
+    """A local copy of ``url``, downloaded once into the datasets cache (offline: only the cache).
+
+    One attempt, no retries: a wrong URL or a machine without network fails at once, naming the URL.
+    """
+    folder = Path(datasets.config.HF_DATASETS_CACHE) / "lightning_al" / "downloads"
+    target = folder / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}-{url.rstrip('/').rsplit('/', 1)[-1]}"
+    if target.is_file():
+        return target
+    if _datasets_offline():
+        raise DataValidationError(
+            f"{url}: not in the download cache ({folder}) and HF_DATASETS_OFFLINE=1 forbids downloading it; "
+            "run once where the network is reachable (same HF_HOME), or use a local copy"
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    partial_file = target.with_suffix(target.suffix + ".incomplete")
+    try:
+        with urllib.request.urlopen(url, timeout=60) as response, partial_file.open("wb") as out:  # noqa: S310
+            shutil.copyfileobj(response, out)
+    except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
+        partial_file.unlink(missing_ok=True)
+        raise DataValidationError(f"{url}: cannot be downloaded ({err}); check the URL or use a local copy") from None
+    partial_file.replace(target)
+    return target
+
+
+def _datasets_offline() -> bool:
+    # The environment too: datasets reads it once, at import.
+    flags = (os.environ.get(name, "").strip().upper() for name in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE"))
+    return datasets.config.HF_HUB_OFFLINE or any(flag in ("1", "ON", "YES", "TRUE") for flag in flags)
 
 
 def _flan_task(file: Path) -> str:

@@ -62,6 +62,27 @@ def _count(rng: random.Random, length: int) -> tuple[str, str]:
     return f"Count the letter {letter} in: {text}", str(text.count(letter))
 
 
+def _first(rng: random.Random, length: int) -> tuple[str, str]:
+    text = _letters(rng, length)
+    return f"First letter of: {text}", text[0]
+
+
+def _last(rng: random.Random, length: int) -> tuple[str, str]:
+    text = _letters(rng, length)
+    return f"Last letter of: {text}", text[-1]
+
+
+def _length(rng: random.Random, length: int) -> tuple[str, str]:
+    text = _letters(rng, length)
+    return f"Length of: {text}", str(len(text))
+
+
+def _next(rng: random.Random, length: int) -> tuple[str, str]:
+    # One letter whatever the length: the easiest mapping to learn, a floor for the others.
+    letter = rng.choice(string.ascii_lowercase)
+    return f"Next letter after: {letter}", chr((ord(letter) - ord("a") + 1) % 26 + ord("a"))
+
+
 TASKS: dict[str, TaskFn] = {
     "copy": _copy,
     "reverse": _reverse,
@@ -69,6 +90,11 @@ TASKS: dict[str, TaskFn] = {
     "add": _add,
     "count": _count,
     "upper": _upper,
+    # Short answers a tiny model learns from a few hundred examples: the demo's curves move.
+    "first": _first,
+    "last": _last,
+    "length": _length,
+    "next": _next,
 }
 
 
