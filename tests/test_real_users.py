@@ -1,7 +1,12 @@
 """What a researcher meets first: errors that name the path, file or line before any work is done
 (and before anything is written), the CPU study config with local copies, and other loggers."""
 
+import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import datasets
 import pytest
@@ -10,7 +15,7 @@ import lightning_al.model.module as module
 from lightning_al.cli import main
 from lightning_al.data.sources import DataValidationError, SyntheticTasks
 from lightning_al.model.loading import PretrainedNotFoundError
-from tests.conftest import tiny_run_args
+from tests.conftest import REPO, SHARED, tiny_run_args
 
 
 @pytest.fixture
@@ -132,3 +137,56 @@ def test_wandb_logger_offline_receives_the_per_round_metrics(workdir, monkeypatc
     assert [value for _, value in logged["al/labeled"]] == [20, 40] and "train/loss" in logged
     # Named after the run, under lightning_logs/ like the other loggers.
     assert len(list((workdir / "lightning_logs" / "wandb").glob("offline-run-*/run-*.wandb"))) == 1
+
+
+# --- the CPU study config with local copies ---------------------------------------------------
+
+SMOLLM2 = Path(os.environ.get("SMOLLM2_DIR", Path.home() / ".cache" / "smollm2-135m-instruct"))
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct as a local folder, made offline by ../shared/tools/get-smollm2 (~40 s, once)."""
+    tool = SHARED / "tools" / "get-smollm2"
+    if not (SMOLLM2 / "model.safetensors").is_file():
+        if not tool.is_file():
+            pytest.skip(f"no SmolLM2 at {SMOLLM2} and no {tool}")
+        done = subprocess.run(["bash", str(tool), str(SMOLLM2)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHON": sys.executable})
+        if done.returncode:
+            pytest.skip(f"get-smollm2 failed: {done.stderr[-500:]}")
+    return SMOLLM2
+
+
+def _tiny_local_evaluations(config: Path) -> str:
+    """The config's own evaluation sets, shrunk to seconds; MMLU from the offline copy (it is not the last
+    set, so the one-line override cannot reach it). BBH keeps the config's path: the override sets it."""
+    import yaml
+
+    evaluations = yaml.safe_load(config.read_text())["data"]["evaluations"]
+    shrink = {"HeldOutAnswers": {"max_examples": 2, "max_new_tokens": 8},
+              "MultipleChoice": {"source": str(SHARED / "data" / "mmlu" / "test.jsonl"), "max_examples": 2},
+              "BigBenchHard": {"tasks": ["navigate"], "max_examples_per_task": 1, "max_new_tokens": 4}}
+    for evaluation in evaluations:
+        evaluation["init_args"].update(shrink[evaluation["class_path"].rsplit(".", 1)[-1]])
+    return json.dumps(evaluations)
+
+
+@pytest.mark.skipif(not (SHARED / "data" / "flan_v2_cot").is_dir(), reason="needs ../shared/data")
+def test_cpu_study_config_fits_with_the_documented_local_overrides(workdir, smollm2):
+    config = REPO / "configs" / "study-smollm2-cpu.yaml"
+    tiny = [f"--data.evaluations={_tiny_local_evaluations(config)}", "--data.max_pool_size=24",
+            "--data.validation_size=2", "--loop.budget=4", "--loop.rounds=1", "--loop.epochs_per_round=1",
+            "--loop.diversity_sample=0", "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false",
+            f"--data.cache_dir={workdir}"]
+    # The override line of the README and of the config's header (after the list it edits).
+    local = [f"--model.pretrained={smollm2}", f"--data.pool.init_args.path={SHARED / 'data' / 'flan_v2_cot'}",
+             f"--data.evaluations.init_args.path={SHARED / 'data' / 'bbh'}"]
+    main(["fit", "--config", str(config), *tiny, *local])
+    run_dir = workdir / "checkpoints" / "smollm2-cpu" / "single"
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    heldout = next(row for row in rows if row["evaluation"] == "heldout")
+    assert heldout["labeled"] == 4 and heldout["loss"] > 0
+    assert {row["evaluation"] for row in rows} >= {"heldout", "bbh"}
+    saved = (run_dir / "config.yaml").read_text()
+    assert str(smollm2) in saved and "flan_v2_cot" in saved and str(SHARED / "data" / "bbh") in saved
