@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, paired_difference
-from lightning_al.report.records import Metric, aggregate, final_records, measure, metrics_of
+from lightning_al.report.records import aggregate, final_records, measure, metrics_of
 from lightning_al.report.runs import Run, strategy_order
 
 PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "estimate", "low", "high",
@@ -47,7 +47,7 @@ def cell_pairs(cells: Sequence[tuple[str, int]]) -> list[tuple[str, str, str, tu
     return pairs
 
 
-def _aligned(records: list[pd.DataFrame], metric: Metric) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
+def _aligned(records: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, np.ndarray, int] | None:
     """(num, den) of shape (runs, n) and the tasks of the n examples every run answered, in one order."""
     measures = [measure(frame).set_index("id") for frame in records]
     common = sorted(reduce(lambda a, b: a & b, (set(m.index) for m in measures)))
@@ -99,7 +99,7 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> 
             if any(frame.empty for frame in frames):
                 continue
             for metric in metrics_of(file, frames[0]):
-                aligned = _aligned(frames, metric)
+                aligned = _aligned(frames)
                 if aligned is None:
                     continue
                 num, den, tasks, n = aligned
