@@ -86,7 +86,10 @@ class ActiveLearningLoop(Callback):
         self.budget = budget
         self.rounds = rounds
         if isinstance(strategy, str):
-            strategy = strategy_from_name(strategy)
+            try:
+                strategy = strategy_from_name(strategy)
+            except ValueError as error:
+                raise ValueError(f"loop.strategy: {error}") from None
         self.strategy = strategy if strategy is not None else RandomSampling()
         self.retraining = retraining
         self.epochs_per_round = epochs_per_round
