@@ -396,3 +396,16 @@ def test_flan_cot_from_a_url_is_downloaded_once_then_read_offline(http_folder, t
     assert len(source.load()) == 1
     with pytest.raises(DataValidationError, match=rf"{url}/creak_train\.tsv: not in the download cache .*OFFLINE"):
         FlanCoT(path=url, tasks=["creak"]).load()
+
+
+def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
+    """U+0085 and U+2028 inside a JSON string are not line breaks (str.splitlines would split there)."""
+    import json as _json
+
+    from lightning_al.data.sources import LocalFile
+
+    path = tmp_path / "pool.jsonl"
+    rows = [{"id": "a", "prompt": "x\u0085y", "response": "r\u2028s"}, {"id": "b", "prompt": "p", "response": "q"}]
+    path.write_text("".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    loaded = LocalFile(str(path)).load()
+    assert loaded["prompt"] == ["x\u0085y", "p"] and loaded["response"] == ["r\u2028s", "q"]

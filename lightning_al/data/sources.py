@@ -405,7 +405,8 @@ def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[in
         return _columns_of(records), records, []
     # JSON lines (Dataset.to_json writes them even to a .json file); blank lines are skipped.
     records, lines = [], []
-    for number, line in enumerate(text.splitlines(), start=1):
+    # Split on "\n" only: str.splitlines also splits at U+0085 / U+2028, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
