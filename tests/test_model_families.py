@@ -14,13 +14,13 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lightning_al.data.batching import CausalLMCollator
 from lightning_al.evaluation.scoring import choice_logprobs
 from lightning_al.model import head as head_module
 from lightning_al.model.head import UnsupportedHeadError, output_head
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
 from lightning_al.model.module import LoRALanguageModel
 from lightning_al.scoring import SCORE_NAMES
+from tests.test_evaluation import _left_padded, _naive_logprob
 from tests.test_scoring import (  # noqa: F401  (fixtures)
     ATOL,
     GPT2_CONFIG,
@@ -92,21 +92,6 @@ def test_choice_logprobs_equal_the_models_own(family):
         for i, prompt in enumerate(prompts):
             expected = [_naive_logprob(reference, tokenizer(prompt)["input_ids"], t) for t in tokens[i]]
             torch.testing.assert_close(got[i].double(), torch.tensor(expected, dtype=torch.float64), atol=ATOL, rtol=0)
-
-
-def _left_padded(tokenizer, prompts):
-    rows = [{"input_ids": tokenizer(p)["input_ids"], "index": i} for i, p in enumerate(prompts)]
-    for row in rows:
-        row.update(prompt_length=len(row["input_ids"]), content_start=0, content_end=len(row["input_ids"]))
-    return CausalLMCollator(tokenizer.pad_token_id, padding_side="left", prompt_only=True)(rows)
-
-
-def _naive_logprob(model, prompt_ids, continuation):
-    """log p(continuation | prompt) from the model's own forward logits, one unpadded sequence."""
-    ids = torch.tensor([prompt_ids + continuation])
-    with torch.no_grad():
-        logp = torch.log_softmax(model(ids).logits[0].double(), -1)
-    return sum(float(logp[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(continuation))
 
 
 # ------------------------------------------------------------------------ unknown heads are refused
