@@ -26,6 +26,9 @@ def test_entropy_round_acquires_the_highest_scores_of_the_pool(workdir):
     # candidate set with that same model, and the acquired ids must be exactly its top-20 entropies.
     out = main(["predict", *tiny_run_args(workdir, **{"loop.strategy": ENTROPY})])
     scores = pd.read_json(workdir / "checkpoints" / "tiny" / "scores.jsonl", lines=True)
+    # Each prompt's embedding from the same pass: unit length (float16 rounding).
+    norms = np.linalg.norm(np.stack(scores["embedding"].to_numpy()).astype(np.float64), axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=2e-3)
     assert len(scores) == len(out.datamodule.unlabeled_indices())
     top = scores.sort_values("entropy", ascending=False, kind="stable").head(20)
     assert set(top["id"]) == {row["id"] for row in rounds[0]}

@@ -26,9 +26,13 @@ class ScoreWriter(BasePredictionWriter):
         local = {k: torch.cat([p[k] for p in predictions]) for k in ("index", *SCORE_NAMES)}
         gathered = {k: trainer.strategy.all_gather(v.double() if k != "index" else v).reshape(-1).cpu().numpy()
                     for k, v in local.items()}
+        embedding = torch.cat([p["embedding"] for p in predictions])  # float16, as predict_step returns it
+        embedding = trainer.strategy.all_gather(embedding).reshape(-1, embedding.shape[-1]).cpu().numpy()
         if not trainer.is_global_zero:
             return
-        frame = pd.DataFrame(gathered).drop_duplicates("index").sort_values("index")  # DDP pads with repeats
+        frame = pd.DataFrame(gathered)
+        frame["embedding"] = list(embedding)
+        frame = frame.drop_duplicates("index").sort_values("index")  # DDP pads with repeats
         dm = trainer.datamodule
         frame.insert(0, "task", dm.tasks[frame["index"].to_numpy()])
         frame.insert(0, "id", dm.ids[frame["index"].to_numpy()])
