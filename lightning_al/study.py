@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import itertools
 import json
+import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,7 +46,8 @@ class Cell:
 
 
 def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
-    """Every (strategy, m, seed), strategies outermost: a study cut short still has whole strategies."""
+    """Every (strategy, m, seed), seeds outermost: a study cut short still has every (strategy, m) cell of
+    its first seeds, so that its comparisons are paired."""
     for strategy in strategies:
         try:
             strategy_from_name(strategy)
@@ -56,7 +58,7 @@ def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int])
         raise ValueError("study: strategies, rounds and seeds must each hold at least one value")
     if any(m < 1 for m in rounds):
         raise ValueError(f"study.rounds: every m must be >= 1, got {list(rounds)}")
-    return [Cell(s, m, seed) for s, m, seed in itertools.product(strategies, rounds, seeds)]
+    return [Cell(s, m, seed) for seed, s, m in itertools.product(seeds, strategies, rounds)]
 
 
 def cell_status(run_dir: Path, rounds: int) -> str:
@@ -70,6 +72,26 @@ def cell_status(run_dir: Path, rounds: int) -> str:
     # Anything a killed cell leaves (a checkpoint, partial scores, an acquired round) is resumed from.
     started = any(run_dir.glob("*.ckpt")) or any(run_dir.glob("scoring/*")) or any(run_dir.glob("rounds/*"))
     return "interrupted" if started else "new"
+
+
+#: What a finished run keeps as its light records: everything the report reads, no checkpoint or adapter.
+LIGHT_RECORDS: tuple[str, ...] = ("config.yaml", "metrics.jsonl", "rounds/round_*.jsonl", "evaluations/**/*.jsonl")
+
+
+def save_records(run_dir: Path, records_dir: Path) -> Path:
+    """Copy the light records of a finished run (config, rounds, metrics, per-example evaluations) to
+    ``records_dir``, replacing an older copy; returns ``records_dir``."""
+    staging = records_dir.with_name(records_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    for pattern in LIGHT_RECORDS:
+        for source in sorted(run_dir.glob(pattern)):
+            target = staging / source.relative_to(run_dir)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target)
+    # Swapped in whole: a copy cut short never looks like a finished cell's records.
+    shutil.rmtree(records_dir, ignore_errors=True)
+    staging.rename(records_dir)
+    return records_dir
 
 
 def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Sequence[str]) -> list[str]:
@@ -112,7 +134,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--seeds", nargs="+", type=int, help="Override study.seeds.")
     parser.add_argument("--cell", type=int, help="Run only this cell (0-based index in --list), e.g. an array job.")
     parser.add_argument("--list", action="store_true", help="List the cells and their status, run nothing.")
-    parser.add_argument("--report_dir", help="Where the report goes (default: reports/<name>).")
+    parser.add_argument("--records_dir", help="Keep each finished cell's light records (config, rounds, metrics, "
+                        "per-example evaluations) in <records_dir>/<cell>; a cell whose records are there is "
+                        "finished and never re-run, and the report reads them (default: study.records_dir).")
+    parser.add_argument("--report_dir", help="Where the report goes (default: reports/<name>, or "
+                        "<records_dir>/report with records).")
     parser.add_argument("--no_report", action="store_true", help="Do not write the report at the end.")
     return parser
 
@@ -129,7 +155,18 @@ def main(argv: Sequence[str] | None = None) -> list[Cell]:
     name = options.name or spec.get("name") or config_path.stem
     cells = grid(options.strategies or spec.get("strategies", ["random"]), options.rounds or spec.get("rounds", [1]),
                  options.seeds or spec.get("seeds", [0]))
-    statuses = [cell_status(Path(run_dir_of(f"{name}/{c.name}")), c.rounds) for c in cells]
+    records = options.records_dir or spec.get("records_dir")
+    records_root = Path(records) if records else None
+    statuses = []
+    for cell in cells:
+        run_dir = Path(run_dir_of(f"{name}/{cell.name}"))
+        if records_root is not None and cell_status(records_root / cell.name, cell.rounds) == "finished":
+            statuses.append("finished")
+            continue
+        status = cell_status(run_dir, cell.rounds)
+        if status == "finished" and records_root is not None:
+            save_records(run_dir, records_root / cell.name)
+        statuses.append(status)
     for i, (cell, status) in enumerate(zip(cells, statuses)):
         print(f"[{i}] {name}/{cell.name}: {status}")
     if options.list:
@@ -144,10 +181,16 @@ def main(argv: Sequence[str] | None = None) -> list[Cell]:
         print(f"== Study {name}: cell {i + 1}/{len(cells)} {cells[i].name} ({statuses[i]})")
         with _own_argv():
             fit_main(cell_args(str(config_path), name, cells[i], statuses[i], overrides))
+        if records_root is not None:
+            run_dir = Path(run_dir_of(f"{name}/{cells[i].name}"))
+            if cell_status(run_dir, cells[i].rounds) == "finished":
+                print(f"Records: {save_records(run_dir, records_root / cells[i].name)}")
         ran.append(cells[i])
     if options.cell is None and not options.no_report:
         from lightning_al.report.command import make_report
 
-        report = make_report([run_dir_of(name)], options.report_dir or str(Path("reports") / name))
+        default_dir = records_root / "report" if records_root is not None else Path("reports") / name
+        sources = [str(records_root)] if records_root is not None else [run_dir_of(name)]
+        report = make_report(sources, options.report_dir or str(default_dir))
         print(f"Report: {report}")
     return ran

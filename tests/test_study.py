@@ -3,13 +3,16 @@ then the report computed from the run directories."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 
+from lightning_al.report.command import make_report
 from lightning_al.study import main as study
 from tests.conftest import REPO, tiny_run_args
 from tests.helpers import read_rounds
@@ -40,7 +43,7 @@ def test_study_resumes_after_a_kill_and_reports(workdir):
     assert (first / "metrics.jsonl").exists() and not (second / "metrics.jsonl").exists()
     stamps = {p: p.stat().st_mtime_ns for p in [*first.rglob("*.jsonl"), second / "rounds" / "round_0.jsonl"]}
 
-    ran = study(["--config=study.yaml", "--report_dir=report", *overrides])
+    ran = study(["--config=study.yaml", "--report_dir=report", "--records_dir=records", *overrides])
     assert [c.name for c in ran] == ["random-m2-s3", "entropy-m1-s3", "entropy-m2-s3"]
     # The finished cell is untouched; the interrupted one resumed (its round 0 is not acquired again).
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
@@ -77,3 +80,17 @@ def test_study_resumes_after_a_kill_and_reports(workdir):
     assert set(got) == expected
     for a, b in expected:
         assert abs(got[(a, b)] - jaccard(a, b)) < 1e-12
+
+    # Light records: what the report reads, no checkpoint or adapter; with them, a cell never runs again
+    # even where its run directory is gone (a fresh clone), and the report reads them alone.
+    records = workdir / "records"
+    for name, run_dir in runs.items():
+        kept = {p.relative_to(records / name) for p in (records / name).rglob("*") if p.is_file()}
+        assert {p.suffix for p in kept} == {".yaml", ".jsonl"} and Path("config.yaml") in kept
+        for path in kept:
+            assert (records / name / path).read_bytes() == (run_dir / path).read_bytes()
+        assert Path("rounds/round_0.jsonl") in kept and any(p.parts[0] == "evaluations" for p in kept)
+    shutil.rmtree(workdir / "checkpoints" / "mini")
+    assert study(["--config=study.yaml", "--no_report", "--records_dir=records", *overrides]) == []
+    from_records = make_report([records], workdir / "report-records")
+    assert pd.read_csv(from_records.parent / "final.csv").equals(pd.read_csv(workdir / "report" / "final.csv"))
