@@ -15,15 +15,8 @@ from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import CHAR_TOKENIZER, check_pretrained
 from lightning_al.model.module import LoRALanguageModel
+from lightning_al.run_folder import CONFIG, run_dir_of, scores_path_of
 from lightning_al.scoring.writer import ScoreWriter
-
-
-def run_dir_of(run_name: str) -> str:
-    return str(Path("checkpoints") / run_name)
-
-
-def scores_path_of(run_name: str) -> str:
-    return str(Path(run_dir_of(run_name)) / "scores.jsonl")
 
 
 def tokenizer_of(pretrained: str | None, tokenizer: str | None) -> str:
@@ -42,7 +35,7 @@ class RunConfigSaver(SaveConfigCallback):
         if trainer.is_global_zero and stage == "fit":
             run_dir.mkdir(parents=True, exist_ok=True)
             text = self.parser.dump(self.config, skip_none=False, skip_check=True)
-            (run_dir / "config.yaml").write_text(text)
+            (run_dir / CONFIG).write_text(text)
 
 
 class ActiveLearningCLI(LightningCLI):

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
-import shutil
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +21,8 @@ import yaml
 
 from lightning_al import checkpointing
 from lightning_al.cli import main as fit_main
-from lightning_al.cli import run_dir_of
+from lightning_al.run_folder import run_dir_of, save_records
+from lightning_al.run_folder import status as cell_status
 from lightning_al.strategies import REGISTRY, strategy_from_name
 
 
@@ -59,39 +58,6 @@ def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int])
     if any(m < 1 for m in rounds):
         raise ValueError(f"study.rounds: every m must be >= 1, got {list(rounds)}")
     return [Cell(s, m, seed) for seed, s, m in itertools.product(seeds, strategies, rounds)]
-
-
-def cell_status(run_dir: Path, rounds: int) -> str:
-    """``finished`` (metrics of its last round are written), ``interrupted`` (something to resume
-    from) or ``new``."""
-    metrics = run_dir / "metrics.jsonl"
-    if metrics.exists():
-        done = {json.loads(line)["round"] for line in metrics.read_text().splitlines() if line.strip()}
-        if rounds - 1 in done:
-            return "finished"
-    # Anything a killed cell leaves (a checkpoint, partial scores, an acquired round) is resumed from.
-    started = any(run_dir.glob("*.ckpt")) or any(run_dir.glob("scoring/*")) or any(run_dir.glob("rounds/*"))
-    return "interrupted" if started else "new"
-
-
-#: What a finished run keeps as its light records: everything the report reads, no checkpoint or adapter.
-LIGHT_RECORDS: tuple[str, ...] = ("config.yaml", "metrics.jsonl", "rounds/round_*.jsonl", "evaluations/**/*.jsonl")
-
-
-def save_records(run_dir: Path, records_dir: Path) -> Path:
-    """Copy the light records of a finished run (config, rounds, metrics, per-example evaluations) to
-    ``records_dir``, replacing an older copy; returns ``records_dir``."""
-    staging = records_dir.with_name(records_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    for pattern in LIGHT_RECORDS:
-        for source in sorted(run_dir.glob(pattern)):
-            target = staging / source.relative_to(run_dir)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target)
-    # Swapped in whole: a copy cut short never looks like a finished cell's records.
-    shutil.rmtree(records_dir, ignore_errors=True)
-    staging.rename(records_dir)
-    return records_dir
 
 
 def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Sequence[str]) -> list[str]:
