@@ -36,6 +36,8 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from lightning_al import run_folder
+
 Retention = Literal["rounds", "epochs", "last"]
 
 LAST = "last.ckpt"
@@ -208,7 +210,7 @@ class RunCheckpoint(Checkpoint):
         path = self.save(trainer, LAST if self.keep == "last" or round is None else f"round={round}.ckpt")
         if trainer.is_global_zero and round is not None:
             # Its scoring pass is in the checkpoint now: the partial scores are not needed any more.
-            for stale in (self.dirpath / "scoring").glob(f"round_{round}.*"):
+            for stale in run_folder.scoring_files(self.dirpath, round):
                 stale.unlink(missing_ok=True)
         return path
 
@@ -310,8 +312,8 @@ def resolve_checkpoint(run_dir: str | Path, ckpt_path: str | Path | None) -> str
     if str(ckpt_path) != "last":
         return _resuming_from(ckpt_path, check_checkpoint(ckpt_path))
     run_dir = Path(run_dir)
-    others = sorted((p for p in run_dir.glob("*.ckpt") if p.name != LAST), key=lambda p: p.stat().st_mtime,
-                    reverse=True)
+    others = sorted((p for p in run_folder.checkpoint_files(run_dir) if p.name != LAST),
+                    key=lambda p: p.stat().st_mtime, reverse=True)
     candidates = [run_dir / LAST] * (run_dir / LAST).exists() + others
     skipped: list[str] = []
     for path in candidates:

@@ -10,12 +10,16 @@ adapter (round 0's is written in ``on_train_start``, once Lightning has set up t
 Pre-emption: the loop checkpoints after a round's end, before the next scoring pass, and scoring
 passes save partial scores; a run resumed from a checkpoint taken between a round's end and the next
 acquisition (``ended == round``) acquires in ``on_fit_start``, continuing the saved pass.
+
+The loop controls the rounds; its two parts record them (``lightning_al.recording.RunRecorder``: round
+files, metrics, records, loggers, cost) and analyse the acquired sets
+(``lightning_al.selection_analysis.SelectionDiversity``). They are plain objects, not callbacks of their
+own, so the loop's checkpoint state holds the whole run's (the cost counters under ``cost``, as ever).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import random
 import time
 from pathlib import Path
@@ -24,26 +28,17 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_al import run_folder
 from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.data.datamodule import ActiveLearningDataModule
-from lightning_al.evaluation.diversity import (
-    initial_model_embeddings,
-    mean_pairwise_cosine_distance,
-    prompt_embedding_pass,
-)
-from lightning_al.evaluation.records import records_path, write_records
+from lightning_al.recording import RunRecorder
 from lightning_al.scoring.pool import PartialScores, ScoringInterrupted, score_pool
+from lightning_al.selection_analysis import SelectionDiversity, prompt_embedding_pass
 from lightning_al.strategies import AcquisitionStrategy, RandomSampling, round_sizes, strategy_from_name
 
 RetrainingPolicy = Literal["scratch", "continue", "incremental"]
-
-#: Cost counters (cumulative over the run, saved in checkpoints): pool tokens scored and scoring
-#: passes / time, tokens trained on (prompt + response, per epoch), evaluation and wall time.
-_NO_COST = {"tokens_scored": 0.0, "scoring_passes": 0.0, "scoring_seconds": 0.0, "tokens_trained": 0.0,
-            "eval_seconds": 0.0, "wall_seconds": 0.0}
 
 
 class ActiveLearningLoop(Callback):
@@ -82,6 +77,8 @@ class ActiveLearningLoop(Callback):
             raise ValueError(f"loop.retraining: one of scratch, continue, incremental; got {retraining!r}")
         if epochs_per_round < 1:
             raise ValueError(f"loop.epochs_per_round must be >= 1, got {epochs_per_round}")
+        if diversity_sample < 0:
+            raise ValueError(f"loop.diversity_sample must be >= 0 (0: off), got {diversity_sample}")
         self.sizes = round_sizes(budget, rounds)
         self.budget = budget
         self.rounds = rounds
@@ -96,7 +93,10 @@ class ActiveLearningLoop(Callback):
         self.run_dir = Path(run_dir)
         self.seed = seed
         self.overwrite = overwrite
-        self.diversity_sample = diversity_sample
+        #: The run's outputs and cost (its counters are part of this callback's checkpoint state).
+        self.recorder = RunRecorder(self.run_dir)
+        #: The diversity of each round's acquired set, measured at the round's end (None: off).
+        self.diversity = SelectionDiversity(diversity_sample) if diversity_sample else None
         #: The newest acquired round (-1: nothing acquired yet). Saved in checkpoints.
         self.round = -1
         #: The newest round whose training and evaluation are done and written. Saved in checkpoints: a run
@@ -104,11 +104,7 @@ class ActiveLearningLoop(Callback):
         self.ended = -1
         self._checkpoints: RunCheckpoint | None = None
         self._new_optimizers = False
-        #: Cost accounting, saved in checkpoints so that a resumed run reports the whole run.
-        self.cost: dict[str, float] = dict(_NO_COST)
         self._rng_state: dict[str, Any] | None = None
-        self._clock = time.perf_counter()
-        self._eval_start: float | None = None
 
     # ---------------------------------------------------------------- checks, before any expensive work
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -170,7 +166,7 @@ class ActiveLearningLoop(Callback):
 
     # ---------------------------------------------------------------- rounds
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._clock = time.perf_counter()
+        self.recorder.fit_started()
         if trainer.ckpt_path is not None:
             # Resuming: the checkpoint holds the rounds acquired so far. One taken after a round's end and
             # before the next acquisition (stopped while scoring) acquires now, before the train
@@ -181,17 +177,16 @@ class ActiveLearningLoop(Callback):
                     pl_module.reset_adapter()
                 self._new_optimizers = True  # after Lightning restores the old round's optimizer
             return
-        rounds_dir = self.run_dir / "rounds"
         # (Checked here, not in setup: Lightning resolves --ckpt_path only after setup.)
-        if not self.overwrite and any(rounds_dir.glob("round_*.jsonl")):
+        if not self.overwrite and run_folder.round_files(self.run_dir):
             raise FileExistsError(
-                f"{rounds_dir} already holds rounds of an earlier run: resume it with --ckpt_path last, "
-                "or set loop.overwrite=true, or choose another run_name"
+                f"{run_folder.rounds_dir(self.run_dir)} already holds rounds of an earlier run: resume it with "
+                "--ckpt_path last, or set loop.overwrite=true, or choose another run_name"
             )
         if trainer.is_global_zero:
-            (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+            run_folder.metrics_file(self.run_dir).unlink(missing_ok=True)
             # An earlier run's checkpoints would be taken for this run's by --ckpt_path last.
-            for stale in self.run_dir.glob("*.ckpt"):
+            for stale in run_folder.checkpoint_files(self.run_dir):
                 stale.unlink()
         trainer.strategy.barrier("ActiveLearningLoop.fresh_start")
         self.acquire(trainer, pl_module, 0)
@@ -210,7 +205,10 @@ class ActiveLearningLoop(Callback):
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         finished = (trainer.current_epoch + 1) // self.epochs_per_round - 1
-        self.end_round(trainer, pl_module, finished)
+        # The round's cost is counted before its (untimed) diversity pass, as its rows are written after it.
+        self.recorder.round_trained(trainer, pl_module, finished, self.epochs_per_round)
+        selection = None if self.diversity is None else self.diversity.measure(trainer, pl_module, finished, self.seed)
+        self.recorder.round_evaluated(trainer, pl_module, finished, selection)
         self.ended = finished
         if finished + 1 < self.rounds:
             if self._checkpoints is not None and not isinstance(self.strategy, RandomSampling):
@@ -235,9 +233,8 @@ class ActiveLearningLoop(Callback):
             except ScoringInterrupted as stopped:
                 self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores ("
                                        f"{stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
-            self.cost["scoring_seconds"] += time.perf_counter() - start
-            self.cost["scoring_passes"] += 1
-            self.cost["tokens_scored"] += float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
+            tokens = float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
+            self.recorder.scored(time.perf_counter() - start, tokens, passes=1)
         rng = np.random.default_rng([self.seed, round])
         if self.strategy.needs_tasks:
             inputs["tasks"] = dm.tasks[candidates]
@@ -249,10 +246,11 @@ class ActiveLearningLoop(Callback):
         if self._checkpoints is not None:
             self._checkpoints.round_acquired(round)
         position = np.searchsorted(candidates, chosen)
-        chosen_scores = {k: v[position] for k, v in scores.items()}
-        if trainer.is_global_zero:
-            self._write_round(dm, round, chosen, chosen_scores)
-        self._log_round(trainer, dm, round, chosen, scores, chosen_scores)
+        path = self.recorder.round_acquired(trainer, round, chosen, scores, {k: v[position] for k, v in scores.items()})
+        rank_zero_info(
+            f"Round {round}/{self.rounds - 1}: acquired {len(chosen)} with {self.strategy!r}; "
+            f"labeled {len(dm.labeled_indices())}/{self.budget}; wrote {path}"
+        )
 
     def _embeddings(self, trainer: Trainer, pl_module: LightningModule, dm: ActiveLearningDataModule,
                     candidates: np.ndarray, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -267,8 +265,7 @@ class ActiveLearningLoop(Callback):
         else:
             start = time.perf_counter()
             candidate_embeddings = embed(candidates)
-            self.cost["scoring_seconds"] += time.perf_counter() - start
-            self.cost["tokens_scored"] += float(dm.prompt_lengths[candidates].sum())
+            self.recorder.scored(time.perf_counter() - start, float(dm.prompt_lengths[candidates].sum()), passes=0)
         labeled = dm.labeled_indices()
         labeled_embeddings = embed(labeled) if len(labeled) else np.zeros((0, candidate_embeddings.shape[1]), np.float16)
         return {"embeddings": candidate_embeddings, "labeled_embeddings": labeled_embeddings}
@@ -288,7 +285,7 @@ class ActiveLearningLoop(Callback):
                 key.update(param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
         minutes = checkpoints.scores_every_n_minutes
         return PartialScores(
-            path=self.run_dir / "scoring" / f"round_{round}.rank{trainer.global_rank}.pt",
+            path=run_folder.scoring_file(self.run_dir, round, trainer.global_rank),
             key=key.hexdigest(),
             every_n_batches=checkpoints.scores_every_n_batches,
             every_n_seconds=None if minutes is None else 60 * minutes,
@@ -296,132 +293,25 @@ class ActiveLearningLoop(Callback):
         )
 
     def on_validation_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._eval_start = None if trainer.sanity_checking else time.perf_counter()
+        self.recorder.evaluation_started(trainer)
 
     def on_validation_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if self._eval_start is not None:
-            self.cost["eval_seconds"] += time.perf_counter() - self._eval_start
-            self._eval_start = None
-
-    def end_round(self, trainer: Trainer, pl_module: LightningModule, round: int) -> None:
-        """After a round's training and evaluation: save its adapter, account its cost, and write
-        its metrics to ``metrics.jsonl`` and TensorBoard (per round and per labeled count), and each
-        evaluation's per-example records to ``evaluations/round_<r>/<set>.jsonl``."""
-        dm: ActiveLearningDataModule = trainer.datamodule
-        if trainer.is_global_zero:
-            pl_module.save_adapter(self.run_dir / "rounds" / f"round_{round}" / "adapter")
-        self.cost["tokens_trained"] += float(self.epochs_per_round * dm.pool_lengths[dm.train_indices()].sum())
-        now = time.perf_counter()
-        self.cost["wall_seconds"] += now - self._clock
-        self._clock = now
-        labeled = len(dm.labeled_indices())
-        evaluations = {"heldout"} | {e.name for e in dm.evaluations}
-        results: dict[str, dict[str, float]] = {}
-        # The module's own values of this round's validation: float64, and no set that did not run this
-        # round (callback_metrics keep an earlier round's values of a set restricted to some rounds).
-        latest = getattr(pl_module, "evaluation_results", None) or trainer.callback_metrics
-        for key, value in latest.items():
-            name, _, metric = key.partition("/")
-            if name in evaluations and metric:
-                results.setdefault(name, {})[metric] = float(value)
-        results["cost"] = dict(self.cost)
-        if self.diversity_sample:
-            results["selection"] = self._diversity(trainer, pl_module, dm, round)
-        if trainer.is_global_zero:
-            for name, rows in getattr(pl_module, "evaluation_records", {}).items():
-                write_records(records_path(self.run_dir, round, name), rows)
-            self._write_metrics(round, labeled, trainer, results)
-        # Main metrics (not per task) against the round and against the labeled count, to every logger.
-        main = {f"{name}/{k}": v for name, values in results.items() for k, v in values.items() if "/" not in k}
-        for logger in trainer.loggers:
-            logger.log_metrics({f"round/{k}": v for k, v in main.items()}, step=round)
-            logger.log_metrics({f"labeled/{k}": v for k, v in main.items()}, step=labeled)
-        shown = ", ".join(f"{n}/{k}={v:.4f}" for n, vals in results.items() if n not in ("cost", "selection")
-                          for k, v in vals.items() if "/" not in k and k != "count")
-        rank_zero_info(f"Round {round} trained on {len(dm.train_indices())} of {labeled} labels. {shown}")
-
-    def _diversity(self, trainer: Trainer, pl_module: LightningModule, dm: ActiveLearningDataModule,
-                   round: int) -> dict[str, float]:
-        rng = np.random.default_rng([self.seed, round, 1])
-        sets = {"diversity": dm.labeled_indices(round), "diversity_labeled": dm.labeled_indices()}
-        result: dict[str, float] = {}
-        for key, indices in sets.items():
-            sample = np.sort(rng.choice(indices, min(self.diversity_sample, len(indices)), replace=False))
-            embeddings = initial_model_embeddings(trainer, pl_module, dm, sample)
-            result[key] = mean_pairwise_cosine_distance(embeddings)
-        result["diversity_sample"] = float(min(self.diversity_sample, len(sets["diversity"])))
-        return result
-
-    def _write_metrics(self, round: int, labeled: int, trainer: Trainer, results: dict[str, dict[str, float]]) -> None:
-        path = self.run_dir / "metrics.jsonl"
-        # A round re-run after a resume from an earlier checkpoint replaces its rows (and later ones).
-        kept = [line for line in path.read_text().splitlines() if json.loads(line)["round"] < round] if path.exists() else []
-        head = {"round": round, "labeled": labeled, "epoch": trainer.current_epoch, "step": trainer.global_step}
-        rows = [json.dumps({**head, "evaluation": name, **values}) for name, values in results.items()]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(line + "\n" for line in kept + rows))
+        self.recorder.evaluation_ended()
 
     def on_fit_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        labeled = len(trainer.datamodule.labeled_indices())
-        where = "".join(
-            f"; TensorBoard: tensorboard --logdir {logger.log_dir}" if isinstance(logger, TensorBoardLogger)
-            else f"; {type(logger).__name__}: {logger.log_dir or logger.save_dir or logger.name}"
-            for logger in trainer.loggers
-        )
-        rank_zero_info(
-            f"Done: {self.round + 1}/{self.rounds} rounds, labeled {labeled}/{self.budget}. "
-            f"Rounds and adapters: {self.run_dir / 'rounds'}; checkpoints: {self.run_dir}{where}"
-        )
-
-    # ---------------------------------------------------------------- outputs
-    def _write_round(self, dm: ActiveLearningDataModule, round: int, chosen: np.ndarray, scores: dict) -> None:
-        path = self.run_dir / "rounds" / f"round_{round}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w") as f:
-            for i, index in enumerate(chosen):
-                row = {"id": str(dm.ids[index]), "task": str(dm.tasks[index]), "round": round,
-                       "prompt_tokens": int(dm.prompt_lengths[index]),
-                       "response_tokens": int(dm.response_lengths[index])}
-                row.update({k: float(v[i]) for k, v in scores.items()})
-                f.write(json.dumps(row) + "\n")
-
-    def _log_round(self, trainer, dm, round, chosen, scores, chosen_scores) -> None:
-        labeled = len(dm.labeled_indices())
-        rank_zero_info(
-            f"Round {round}/{self.rounds - 1}: acquired {len(chosen)} with {self.strategy!r}; "
-            f"labeled {labeled}/{self.budget}; wrote {self.run_dir / 'rounds' / f'round_{round}.jsonl'}"
-        )
-        if not trainer.loggers:
-            return
-        tasks, counts = np.unique(dm.tasks[chosen], return_counts=True)
-        metrics = {"al/round": round, "al/labeled": labeled,
-                   "al/acquired_prompt_tokens_mean": float(dm.prompt_lengths[chosen].mean()),
-                   "al/acquired_response_tokens_mean": float(dm.response_lengths[chosen].mean())}
-        metrics.update({f"al/acquired_task/{t}": int(c) for t, c in zip(tasks, counts)})
-        metrics.update({f"al/acquired_{k}_mean": float(v.mean()) for k, v in chosen_scores.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
-        # Histograms are TensorBoard's alone; other loggers get the scalars above.
-        for logger in trainer.loggers if trainer.is_global_zero else []:
-            if not isinstance(logger, TensorBoardLogger):
-                continue
-            writer = logger.experiment
-            writer.add_histogram("al/acquired_prompt_tokens", dm.prompt_lengths[chosen], round)
-            writer.add_histogram("al/acquired_response_tokens", dm.response_lengths[chosen], round)
-            for k, v in scores.items():
-                writer.add_histogram(f"al/pool_{k}", v, round)
-                writer.add_histogram(f"al/acquired_{k}", chosen_scores[k], round)
+        self.recorder.fit_ended(trainer, self.round + 1, self.rounds, self.budget)
 
     # ---------------------------------------------------------------- checkpointed state
     def state_dict(self) -> dict[str, Any]:
-        return {"round": self.round, "ended": self.ended, "seed": self.seed, "cost": dict(self.cost),
+        # The layout of every checkpoint written so far: older ones load unchanged.
+        return {"round": self.round, "ended": self.ended, "seed": self.seed, "cost": dict(self.recorder.cost),
                 "rng": _get_rng_state()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.round = state_dict["round"]
         self.ended = state_dict.get("ended", self.round - 1)
         self.seed = state_dict["seed"]
-        self.cost = {**_NO_COST, **state_dict["cost"]}
+        self.recorder.load_cost(state_dict["cost"])
         self._rng_state = state_dict["rng"]
 
 

@@ -15,7 +15,8 @@ the report) goes through this module, so the layout lives in one place::
 
 A run is *finished* when ``metrics.jsonl`` holds a row of its last round. The *light records* of a run
 (config, rounds, metrics, per-example evaluations) are all that the report reads: small enough to keep
-in a repository, unlike checkpoints and adapters.
+in a repository, unlike checkpoints and adapters. Every JSON-lines file is written whole
+(``write_jsonl``) with ``json.dumps`` rows, one per line, and read back by ``read_jsonl``.
 """
 
 from __future__ import annotations
@@ -53,6 +54,16 @@ def scores_path_of(run_name: str) -> str:
     return str(Path(run_dir_of(run_name)) / SCORES)
 
 
+def metrics_file(run_dir: str | Path) -> Path:
+    """``metrics.jsonl``: one row per (round, evaluation)."""
+    return Path(run_dir) / METRICS
+
+
+def rounds_dir(run_dir: str | Path) -> Path:
+    """``rounds/``: the round files and the adapters."""
+    return Path(run_dir) / ROUNDS
+
+
 def round_file(run_dir: str | Path, round: int) -> Path:
     """``rounds/round_<r>.jsonl``: the examples acquired in round r."""
     return Path(run_dir) / ROUNDS / f"round_{round}.jsonl"
@@ -68,9 +79,30 @@ def records_file(run_dir: str | Path, round: int, name: str) -> Path:
     return Path(run_dir) / RECORDS / f"round_{round}" / f"{name}.jsonl"
 
 
+def records_dir(run_dir: str | Path, round: int) -> Path:
+    """``evaluations/round_<r>/``: the per-example records of round r's evaluations."""
+    return Path(run_dir) / RECORDS / f"round_{round}"
+
+
 def scoring_file(run_dir: str | Path, round: int, rank: int) -> Path:
     """``scoring/round_<r>.rank<k>.pt``: the partial scores of process k's scoring pass of round r."""
     return Path(run_dir) / SCORING / f"round_{round}.rank{rank}.pt"
+
+
+def scoring_files(run_dir: str | Path, round: int) -> list[Path]:
+    """Every process's partial scores of round r's scoring pass (see ``scoring_file``)."""
+    return sorted((Path(run_dir) / SCORING).glob(f"round_{round}.*"))
+
+
+def checkpoint_files(run_dir: str | Path) -> list[Path]:
+    """The run's checkpoints (``*.ckpt``; named by ``lightning_al.checkpointing.RunCheckpoint``)."""
+    return sorted(Path(run_dir).glob("*.ckpt"))
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """Whether ``path`` is a run folder: it holds ``config.yaml`` and a ``rounds/`` folder."""
+    path = Path(path)
+    return (path / CONFIG).is_file() and (path / ROUNDS).is_dir()
 
 
 def round_files(run_dir: str | Path) -> list[tuple[int, Path]]:
@@ -79,6 +111,15 @@ def round_files(run_dir: str | Path) -> list[tuple[int, Path]]:
     if not folder.is_dir():
         return []
     return sorted((int(m.group(1)), p) for p in folder.iterdir() if p.is_file() and (m := _ROUND_FILE.match(p.name)))
+
+
+def read_records(run_dir: str | Path, round: int) -> dict[str, list[dict[str, Any]]]:
+    """The per-example records of round r by evaluation name (the file's stem: ``heldout_loss``, ``bbh``, ...),
+    in file-name order; {} when the round has none."""
+    folder = records_dir(run_dir, round)
+    if not folder.is_dir():
+        return {}
+    return {path.stem: read_jsonl(path) for path in sorted(folder.glob("*.jsonl"))}
 
 
 def record_rounds(run_dir: str | Path) -> list[int]:
@@ -118,15 +159,48 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
     return path
 
 
+def write_round(run_dir: str | Path, round: int, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write ``rounds/round_<r>.jsonl``, one row per acquired example."""
+    return write_jsonl(round_file(run_dir, round), rows)
+
+
+def write_records(run_dir: str | Path, round: int, name: str, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write ``evaluations/round_<r>/<name>.jsonl`` (replacing it: a round evaluated again after a resume)."""
+    return write_jsonl(records_file(run_dir, round, name), rows)
+
+
+def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
+    """The rows of ``metrics.jsonl`` in file order; [] when there is none."""
+    path = metrics_file(run_dir)
+    return read_jsonl(path) if path.is_file() else []
+
+
+def write_metrics(run_dir: str | Path, round: int, rows: Iterable[dict[str, Any]]) -> Path:
+    """Write round r's rows of ``metrics.jsonl`` after the rows of earlier rounds. A round run again (after a
+    resume from an earlier checkpoint) replaces its rows and drops those of later rounds."""
+    kept = [row for row in read_metrics(run_dir) if row["round"] < round]
+    return write_jsonl(metrics_file(run_dir), [*kept, *rows])
+
+
 def metric_rounds(run_dir: str | Path) -> set[int]:
     """The rounds that have rows in ``metrics.jsonl`` (empty when there is none)."""
-    path = Path(run_dir) / METRICS
-    return {int(row["round"]) for row in read_jsonl(path)} if path.is_file() else set()
+    return {int(row["round"]) for row in read_metrics(run_dir)}
 
 
 def is_finished(run_dir: str | Path, rounds: int) -> bool:
     """Whether the run of ``rounds`` rounds wrote the metrics of its last round."""
     return rounds - 1 in metric_rounds(run_dir)
+
+
+def progress(run_dir: str | Path, rounds: int) -> tuple[int, bool]:
+    """(rounds done, finished) of a run of ``rounds`` rounds, as the report counts them: from ``metrics.jsonl``
+    when it has rows (finished as in ``is_finished``); else, for a run that wrote no metrics, from the round
+    files (finished when every round 0..m-1 has one)."""
+    done = metric_rounds(run_dir)
+    if done:
+        return max(done) + 1, rounds - 1 in done
+    present = {r for r, _ in round_files(run_dir)}
+    return len(present), all(r in present for r in range(rounds))
 
 
 def status(run_dir: str | Path, rounds: int) -> Status:
@@ -135,7 +209,7 @@ def status(run_dir: str | Path, rounds: int) -> Status:
     run_dir = Path(run_dir)
     if is_finished(run_dir, rounds):
         return "finished"
-    started = any(run_dir.glob("*.ckpt")) or any(run_dir.glob(f"{SCORING}/*")) or any(run_dir.glob(f"{ROUNDS}/*"))
+    started = bool(checkpoint_files(run_dir)) or any(run_dir.glob(f"{SCORING}/*")) or any(run_dir.glob(f"{ROUNDS}/*"))
     return "interrupted" if started else "new"
 
 

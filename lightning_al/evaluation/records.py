@@ -4,16 +4,15 @@ An evaluation pass adds, for every example it scores, what it measured (right or
 option, the extracted answer, the summed NLL and token count, ...) under the example's position in its
 set. ``gather`` merges the rows of all processes, each example once: the repeats with which DDP's
 distributed sampler pads the last batches are dropped (the first process's row is kept, as
-``ExampleMean`` keeps the first record of a key). The report's paired bootstrap reads these rows
-(``evaluations/round_<r>/<set>.jsonl``), so that any difference between two runs can be re-tested
-on the examples both answered.
+``ExampleMean`` keeps the first record of a key). The loop writes them to the run folder
+(``lightning_al.run_folder.write_records``: ``evaluations/round_<r>/<set>.jsonl``), where the report's
+paired bootstrap reads them, so that any difference between two runs can be re-tested on the examples
+both answered.
 """
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,8 +20,6 @@ import torch.distributed as dist
 
 #: Generations are cut to this many characters in the records (enough to see the format and the answer).
 MAX_GENERATION_CHARS = 1000
-#: Folder of the records inside a run folder: ``evaluations/round_<r>/<set>.jsonl``.
-RECORDS_DIR = "evaluations"
 
 
 class ExampleRecords:
@@ -60,19 +57,3 @@ class ExampleRecords:
                 merged.setdefault(position, row)
         return dict(sorted(merged.items()))
 
-
-def write_records(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
-    """Write ``rows`` as JSON lines (replacing the file: a round evaluated again after a resume)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    tmp.replace(path)  # a kill while writing leaves the previous file, never half of one
-    return path
-
-
-def records_path(run_dir: str | Path, round: int, name: str) -> Path:
-    """``<run_dir>/evaluations/round_<round>/<name>.jsonl``."""
-    return Path(run_dir) / RECORDS_DIR / f"round_{round}" / f"{name}.jsonl"

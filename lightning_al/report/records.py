@@ -9,17 +9,13 @@ metrics.jsonl holds for that round.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from lightning_al.report.runs import Run, read_jsonl
-
-RECORDS_DIR = "evaluations"
-#: The file of the held-out loss records (the other files are named after their evaluation set).
-LOSS_FILE = "heldout_loss"
-_ROUND_DIR = re.compile(r"^round_(\d+)$")
+from lightning_al import run_folder
+from lightning_al.report.runs import Run
 
 
 @dataclass(frozen=True)
@@ -33,20 +29,9 @@ class Metric:
     lower_is_better: bool = False
 
 
-def record_rounds(run: Run) -> list[int]:
-    """The rounds for which the run has an ``evaluations/round_<r>/`` folder, ascending."""
-    folder = run.path / RECORDS_DIR
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _ROUND_DIR.match(p.name)))
-
-
 def read_records(run: Run, round: int) -> dict[str, pd.DataFrame]:
     """The records of one round of a run, by file name (``heldout_loss``, ``bbh``, ...); {} when there are none."""
-    folder = run.path / RECORDS_DIR / f"round_{round}"
-    if not folder.is_dir():
-        return {}
-    return {path.stem: pd.DataFrame(read_jsonl(path)) for path in sorted(folder.glob("*.jsonl"))}
+    return {name: pd.DataFrame(rows) for name, rows in run_folder.read_records(run.path, round).items()}
 
 
 def metrics_of(file: str, frame: pd.DataFrame) -> list[Metric]:

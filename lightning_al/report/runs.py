@@ -1,16 +1,15 @@
 """Loading finished (or interrupted) active-learning runs from their run directories.
 
-A run directory (``checkpoints/<run_name>/``) holds ``config.yaml`` (the run's full LightningCLI config),
+A run directory (``checkpoints/<run_name>/``, or a copy of its light records; the layout is
+``lightning_al.run_folder``'s) holds ``config.yaml`` (the run's full LightningCLI config),
 ``rounds/round_<r>.jsonl`` (one row per example acquired in round r) and, when the run evaluated,
 ``metrics.jsonl`` (one row per (round, evaluation)). Everything in the report is computed from these files.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import numbers
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +19,12 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from lightning_al import run_folder
 from lightning_al.strategies import name_of, strategy_from_spec
 
 #: Score columns that uncertainty strategies write into the round files.
 SCORE_COLUMNS: tuple[str, ...] = ("entropy", "confidence", "margin", "min_margin", "max_entropy", "num_tokens")
 ACQUIRED_COLUMNS: tuple[str, ...] = ("run", "id", "task", "round", "prompt_tokens", "response_tokens")
-_ROUND_FILE = re.compile(r"^round_(\d+)\.jsonl$")
 
 
 @dataclass
@@ -58,25 +57,6 @@ class Run:
         return f"{self.strategy} m={self.rounds}"
 
 
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSON-lines file; blank lines are skipped, a malformed line raises ValueError naming it."""
-    rows: list[dict[str, Any]] = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}: line {lineno}: malformed JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(  # noqa: TRY004 - bad file content, like the malformed line above
-                    f"{path}: line {lineno}: expected a JSON object, got {type(row).__name__}"
-                )
-            rows.append(row)
-    return rows
-
-
 def strategy_of(config: dict[str, Any]) -> tuple[str, str | None]:
     """(report name, own score column) of the config's ``loop.strategy``.
 
@@ -105,11 +85,11 @@ def load_run(run_dir: str | Path) -> Run:
     path = Path(run_dir)
     if not path.exists():
         raise FileNotFoundError(f"run directory not found: {path}")
-    config_path, rounds_dir = path / "config.yaml", path / "rounds"
+    config_path, rounds_dir = path / run_folder.CONFIG, run_folder.rounds_dir(path)
     if not config_path.is_file():
-        raise ValueError(f"{path} is not a run directory: it has no config.yaml")
+        raise ValueError(f"{path} is not a run directory: it has no {run_folder.CONFIG}")
     if not rounds_dir.is_dir():
-        raise ValueError(f"{path} is not a run directory: it has no rounds/ folder")
+        raise ValueError(f"{path} is not a run directory: it has no {run_folder.ROUNDS}/ folder")
     try:
         config = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
@@ -126,27 +106,16 @@ def load_run(run_dir: str | Path) -> Run:
     if seed is None:
         seed = _int_or_none(config.get("seed_everything"))
 
-    round_files = sorted(
-        (int(match.group(1)), p) for p in rounds_dir.iterdir() if p.is_file() and (match := _ROUND_FILE.match(p.name))
-    )
     rows: list[dict[str, Any]] = []
-    for r, p in round_files:
-        rows.extend({"run": name, "round": r, **row} for row in read_jsonl(p))
+    for r, p in run_folder.round_files(path):
+        rows.extend({"run": name, "round": r, **row} for row in run_folder.read_jsonl(p))
     acquired = pd.DataFrame(rows) if rows else pd.DataFrame(columns=list(ACQUIRED_COLUMNS))
     acquired["run"] = name
 
-    metrics_path = path / "metrics.jsonl"
-    metric_rows = read_jsonl(metrics_path) if metrics_path.is_file() else []
-    metrics = pd.DataFrame(metric_rows)
+    metrics = pd.DataFrame(run_folder.read_metrics(path))
     if not metrics.empty and {"round", "evaluation"} <= set(metrics.columns):
         metrics = metrics.drop_duplicates(["round", "evaluation"], keep="last").reset_index(drop=True)
-    if not metrics.empty and "round" in metrics.columns:
-        finished = bool((metrics["round"] == m - 1).any())
-        rounds_done = int(metrics["round"].max()) + 1
-    else:
-        present = {r for r, _ in round_files}
-        finished = all(r in present for r in range(m))
-        rounds_done = len(present)
+    rounds_done, finished = run_folder.progress(path, m)
     return Run(
         path=path, name=name, strategy=strategy, rounds=m, seed=seed, budget=_int_or_none(loop.get("budget")),
         retraining=loop.get("retraining"), config=config, acquired=acquired, metrics=metrics, finished=finished,
@@ -154,20 +123,16 @@ def load_run(run_dir: str | Path) -> Run:
     )
 
 
-def _is_run_dir(path: Path) -> bool:
-    return (path / "config.yaml").is_file() and (path / "rounds").is_dir()
-
-
 def find_run_dirs(path: str | Path) -> list[Path]:
     """``path`` itself when it holds a config.yaml, else the run directories one or two levels below it."""
     root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"path not found: {root}")
-    if (root / "config.yaml").exists() or not root.is_dir():
+    if (root / run_folder.CONFIG).exists() or not root.is_dir():
         return [root]
-    found = sorted(p for p in root.iterdir() if p.is_dir() and _is_run_dir(p))
-    for child in sorted(p for p in root.iterdir() if p.is_dir() and not _is_run_dir(p)):
-        found.extend(sorted(p for p in child.iterdir() if p.is_dir() and _is_run_dir(p)))
+    found = sorted(p for p in root.iterdir() if p.is_dir() and run_folder.is_run_dir(p))
+    for child in sorted(p for p in root.iterdir() if p.is_dir() and not run_folder.is_run_dir(p)):
+        found.extend(sorted(p for p in child.iterdir() if p.is_dir() and run_folder.is_run_dir(p)))
     if not found:
         raise ValueError(f"no run directories (config.yaml + rounds/) in {root} or one or two levels below it")
     return found
