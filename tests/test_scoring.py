@@ -529,3 +529,51 @@ def test_scores_do_not_depend_on_token_budget_batches(source, datamodule, mixed_
     assert len(set(sizes)) > 1 and sum(sizes) == len(mixed_indices)  # batches of different sizes
     for name in SCORE_NAMES:
         np.testing.assert_allclose(budgeted[name], fixed[name], rtol=0, atol=ATOL, err_msg=name)
+
+
+# ------------------------------------------------------------------------ the pass on every rank
+class _TwoRanks:
+    """A strategy whose all_gather puts a second rank's rows (given per key, in call order) after this one's."""
+
+    root_device = torch.device("cpu")
+
+    def __init__(self, other: dict[str, torch.Tensor]) -> None:
+        self.other = iter(other.values())
+
+    def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
+        return torch.stack([tensor, next(self.other)])
+
+
+def test_gather_examples_keeps_each_example_once_the_first_rank_s_row():
+    from lightning_al.model.inference import gather_examples
+
+    # Rank 1 holds example 0 again (DDP's padding), with another value: rank 0's row is kept.
+    rank0 = {"index": torch.tensor([3, 0]), "score": torch.tensor([0.3, 0.0])}
+    rank1 = {"index": torch.tensor([1, 0]), "score": torch.tensor([0.1, 9.0])}
+    rows = gather_examples(_TwoRanks(rank1), rank0)
+    assert rows["index"].tolist() == [0, 1, 3]
+    assert rows["score"].tolist() == pytest.approx([0.0, 0.1, 0.3])
+
+
+def test_score_pool_equals_predict_step_and_restores_training_mode(datamodule, mixed_indices):
+    from lightning.pytorch import Trainer
+
+    from lightning_al.model.inference import run_and_gather
+    from lightning_al.scoring.pool import score_pool
+
+    model = make_model("prompt").train()
+    trainer = Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    scores = score_pool(trainer, model, datamodule, mixed_indices)
+    assert model.training  # back in training mode, as the loop left it
+    expected = module_scores(model.eval(), datamodule, mixed_indices)
+    for name in SCORE_NAMES:
+        np.testing.assert_array_equal(scores[name], expected[name], err_msg=name)
+
+    def fail(outputs):
+        raise RuntimeError("stopped")
+
+    model.train()
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_and_gather(trainer, model, datamodule.score_dataloader(mixed_indices),
+                       lambda batch: {"index": batch["index"]}, after_batch=fail)
+    assert model.training  # restored in `finally`, however the pass ends

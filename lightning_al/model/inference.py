@@ -1,14 +1,23 @@
-"""Inference over left-padded prompts: decoder hidden states with the right positions, and greedy,
-batched, bounded generation with the model's own sampling settings switched off."""
+"""Inference over left-padded prompts: decoder hidden states with the right positions, greedy,
+batched, bounded generation with the model's own sampling settings switched off, and the pass that
+runs a module over a loader on every process and gathers each example's outputs once."""
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+if TYPE_CHECKING:
+    from lightning.pytorch import LightningModule, Trainer
+    from lightning.pytorch.strategies import Strategy
+
+Batch = dict[str, torch.Tensor]
 
 
 def decoder_hidden_states(model: PreTrainedModel, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -106,3 +115,54 @@ def greedy_generate(
         )
     new_tokens = output[:, input_ids.shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+
+
+@torch.inference_mode()
+def run_and_gather(
+    trainer: Trainer,
+    pl_module: LightningModule,
+    batches: Iterable[Batch],
+    step: Callable[[Batch], Batch],
+    outputs: dict[str, list[torch.Tensor]] | None = None,
+    after_batch: Callable[[dict[str, list[torch.Tensor]]], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """Run ``step`` over this process's ``batches`` with the module unwrapped (no DDP forward), in
+    eval mode under the precision plugin's context, then gather every process's outputs with
+    ``gather_examples``: each example once, sorted by its ``"index"``.
+
+    ``step`` returns, for a batch already on the device, one row per example under each key of
+    ``outputs`` (``"index"`` among them); the rows are kept on the CPU. ``outputs`` may hold the rows
+    of an earlier, interrupted pass, to continue it. ``after_batch`` sees the rows so far after every
+    batch (to save them, or to raise and stop). The module's training mode comes back however the
+    pass ends. A collective: every process calls it, each with the same number of rows in the end.
+    """
+    outputs = {"index": []} if outputs is None else outputs
+    was_training = pl_module.training
+    pl_module.eval()
+    try:
+        with trainer.precision_plugin.predict_step_context():
+            for batch in batches:
+                result = step(trainer.strategy.batch_to_device(batch))
+                for key, rows in outputs.items():
+                    rows.append(result[key].cpu())
+                if after_batch is not None:
+                    after_batch(outputs)
+    finally:
+        pl_module.train(was_training)
+    return gather_examples(trainer.strategy, {k: torch.cat(v) if v else torch.empty(0) for k, v in outputs.items()})
+
+
+def gather_examples(strategy: Strategy, rows: Batch) -> dict[str, np.ndarray]:
+    """Every process's ``rows`` (one per example, keyed by ``rows["index"]``), each example once and
+    sorted by index, as numpy arrays.
+
+    DDP's distributed sampler (and ``score_pool``'s shards) pad the last batches with repeated
+    examples so that every process has as many rows; a repeat is dropped, keeping the first
+    occurrence in process order, as ``ExampleRecords.gather`` does. A collective: every process must
+    call it with the same number of rows.
+    """
+    # On the strategy's device: all_gather may need the accelerator's tensors (NCCL).
+    gathered = {key: strategy.all_gather(value.to(strategy.root_device)).reshape(-1, *value.shape[1:]).cpu().numpy()
+                for key, value in rows.items()}
+    _, first = np.unique(gathered["index"], return_index=True)  # sorted by index; the first of a repeat
+    return {key: value[first] for key, value in gathered.items()}

@@ -21,6 +21,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 from lightning_al.data.batching import length_sorted
+from lightning_al.model.inference import run_and_gather
 from lightning_al.scoring.statistics import SCORE_NAMES
 
 
@@ -72,18 +73,17 @@ class PartialScores:
         os.replace(staged, self.path)  # a kill while saving leaves the previous save whole
 
 
-@torch.inference_mode()
 def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices: np.ndarray, desc: str = "Scoring",
                partial: PartialScores | None = None, embeddings: bool = False) -> dict[str, np.ndarray]:
     """Scores of ``indices`` (sorted pool indices; the result is aligned with them) through
     ``pl_module.predict_step``.
 
     Each rank scores a strided shard (similar lengths on every rank, since the order is length
-    sorted); shards are padded to equal size for ``all_gather`` and the duplicates dropped after.
-    The module runs unwrapped (no DDP forward) in eval mode under the precision plugin's context.
-    With ``partial``, the pass continues from the scores saved there and saves its own as it goes.
-    With ``embeddings``, the result also holds ``"embedding"``: each prompt's embedding from the same
-    forward pass, [len(indices), hidden] float16 (for diversity strategies).
+    sorted); shards are padded to equal size for ``all_gather`` and the duplicates dropped after
+    (``run_and_gather``, which also runs the module unwrapped in eval mode under the precision
+    plugin's context). With ``partial``, the pass continues from the scores saved there and saves its
+    own as it goes. With ``embeddings``, the result also holds ``"embedding"``: each prompt's
+    embedding from the same forward pass, [len(indices), hidden] float16 (for diversity strategies).
     """
     if np.any(np.diff(indices) <= 0):
         raise ValueError("score_pool: indices must be sorted and unique")
@@ -97,49 +97,26 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
     # it, a whole number of batches, so its remaining batches are those of an uninterrupted pass.
     shard = length_sorted(shard, datamodule.prompt_lengths)
     outputs: dict[str, list[torch.Tensor]] = {k: [] for k in ("index", *SCORE_NAMES, *(["embedding"] if embeddings else []))}
-    done = 0
+    done, saver = 0, None
     if partial is not None:
         batching = f"{datamodule.eval_batch_size}|{getattr(datamodule, 'score_batch_tokens', None)}|{embeddings}"
         key = hashlib.sha256(f"{partial.key}|{batching}|".encode() + shard.tobytes()).hexdigest()
-        saved = partial.load(key)
+        done, saved = partial.load(key) or (0, None)
         if saved is not None:
-            done, scores = saved
-            for k in outputs:
-                outputs[k].append(scores[k])
+            for k, rows in outputs.items():
+                rows.append(saved[k])
             rank_zero_info(f"{desc}: continuing a saved pass at example {done} of {len(shard)}")
-    was_training = pl_module.training
-    pl_module.eval()
+        saver = _Saver(partial, key, done=done, total=len(shard))
     hp = pl_module.hparams
     generated = hp.get("score_source") == "generated"
     loader = datamodule.score_dataloader(shard[done:], extra_tokens=hp.get("max_new_tokens", 0) if generated else 0)
     bar = tqdm(loader, desc=desc, disable=not trainer.is_global_zero, dynamic_ncols=True, leave=False)
-    last_save, unsaved = time.monotonic(), 0
-    try:
-        with trainer.precision_plugin.predict_step_context():
-            for batch in bar:
-                batch = trainer.strategy.batch_to_device(batch)
-                result = pl_module.predict_step(batch, 0)
-                for k in outputs:
-                    outputs[k].append((result[k].double() if k in SCORE_NAMES else result[k]).cpu())
-                done += len(result["index"])
-                unsaved += 1
-                if partial is None:
-                    continue
-                stop = partial.stop_requested()
-                due = partial.every_n_batches is not None and unsaved >= partial.every_n_batches
-                due |= partial.every_n_seconds is not None and time.monotonic() - last_save >= partial.every_n_seconds
-                if stop or due:
-                    partial.save(key, done, outputs)
-                    last_save, unsaved = time.monotonic(), 0
-                if stop and done < len(shard):
-                    raise ScoringInterrupted(partial.path, done, len(shard))
-    finally:
-        pl_module.train(was_training)
-    if partial is not None and unsaved:
-        partial.save(key, done, outputs)  # whole: a kill before the acquisition is saved loses no scoring
-    device = trainer.strategy.root_device  # all_gather may need the accelerator's tensors (NCCL)
-    local = {k: (torch.cat(v) if v else torch.empty(0)).to(device) for k, v in outputs.items()}
-    gathered = {k: trainer.strategy.all_gather(v).reshape(-1, *v.shape[1:]).cpu().numpy() for k, v in local.items()}
+
+    def step(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        result = pl_module.predict_step(batch, 0)
+        return {k: result[k].double() if k in SCORE_NAMES else result[k] for k in outputs}
+
+    gathered = run_and_gather(trainer, pl_module, bar, step, outputs, after_batch=saver)
     position = np.searchsorted(indices, gathered["index"])
     scores = {k: np.full(len(indices), np.nan) for k in SCORE_NAMES}
     for k in SCORE_NAMES:
@@ -148,3 +125,26 @@ def score_pool(trainer: Trainer, pl_module: LightningModule, datamodule, indices
         scores["embedding"] = np.zeros((len(indices), gathered["embedding"].shape[-1]), dtype=np.float16)
         scores["embedding"][position] = gathered["embedding"]
     return scores
+
+
+class _Saver:
+    """After every batch of a pass: save its scores when due (by batches or time), when a stop is
+    requested (then raise ``ScoringInterrupted`` unless the pass is done), and after its last batch,
+    so that a kill before the acquisition is saved loses no scoring."""
+
+    def __init__(self, partial: PartialScores, key: str, done: int, total: int) -> None:
+        self.partial, self.key, self.done, self.total = partial, key, done, total
+        self.last_save, self.unsaved = time.monotonic(), 0
+
+    def __call__(self, outputs: dict[str, list[torch.Tensor]]) -> None:
+        partial = self.partial
+        self.done += len(outputs["index"][-1])
+        self.unsaved += 1
+        stop = partial.stop_requested()
+        due = partial.every_n_batches is not None and self.unsaved >= partial.every_n_batches
+        due |= partial.every_n_seconds is not None and time.monotonic() - self.last_save >= partial.every_n_seconds
+        if stop or due or self.done >= self.total:
+            partial.save(self.key, self.done, outputs)
+            self.last_save, self.unsaved = time.monotonic(), 0
+        if stop and self.done < self.total:
+            raise ScoringInterrupted(partial.path, self.done, self.total)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from lightning_al.model.inference import gather_examples
 from lightning_al.scoring.statistics import SCORE_NAMES
 
 
@@ -23,16 +24,15 @@ class ScoreWriter(BasePredictionWriter):
         self.output_path = output_path
 
     def write_on_epoch_end(self, trainer, pl_module, predictions, batch_indices) -> None:
-        local = {k: torch.cat([p[k] for p in predictions]) for k in ("index", *SCORE_NAMES)}
-        gathered = {k: trainer.strategy.all_gather(v.double() if k != "index" else v).reshape(-1).cpu().numpy()
-                    for k, v in local.items()}
-        embedding = torch.cat([p["embedding"] for p in predictions])  # float16, as predict_step returns it
-        embedding = trainer.strategy.all_gather(embedding).reshape(-1, embedding.shape[-1]).cpu().numpy()
+        # Scores in float64; embeddings float16, as predict_step returns them.
+        local = {k: torch.cat([p[k] for p in predictions]) for k in ("index", *SCORE_NAMES, "embedding")}
+        local.update({k: local[k].double() for k in SCORE_NAMES})
+        rows = gather_examples(trainer.strategy, local)  # DDP pads with repeats: each example once
         if not trainer.is_global_zero:
             return
-        frame = pd.DataFrame(gathered)
+        embedding = rows.pop("embedding")
+        frame = pd.DataFrame(rows)
         frame["embedding"] = list(embedding)
-        frame = frame.drop_duplicates("index").sort_values("index")  # DDP pads with repeats
         dm = trainer.datamodule
         frame.insert(0, "task", dm.tasks[frame["index"].to_numpy()])
         frame.insert(0, "id", dm.ids[frame["index"].to_numpy()])
