@@ -211,6 +211,19 @@ def test_json_parquet_and_csv_files(tmp_path, files):
     assert row["prompt"].endswith("What is 1 + 1?\nThink.\nA. 2\nB. 3\nAnswer:")
 
 
+def test_files_are_read_as_pools_are_tsv_and_a_short_csv_row(tmp_path):
+    # One reader for pools and multiple-choice files: tsv works, and a csv row with too few fields
+    # fails naming its line (it used to be read with the missing choices as None).
+    tsv_path = tmp_path / "test.tsv"
+    tsv_path.write_text("question\tA\tB\tanswer\nWhat is 1 + 1?\t2\t3\tA\n")
+    [row] = load_multiple_choice(str(tsv_path), num_fewshot=0)
+    assert (row["choices"], row["answer"]) == (["2", "3"], 0)
+    csv_path = tmp_path / "short.csv"
+    csv_path.write_text("question,A,B,answer\nWhat is 1 + 1?,2,3,A\nWhat is 2 + 2?,4,B\n")
+    with pytest.raises(ValueError, match=r"short\.csv line 3: malformed CSV: expected 4 fields"):
+        load_multiple_choice(str(csv_path), num_fewshot=0)
+
+
 def test_empty_file(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("")

@@ -122,7 +122,7 @@ def test_flan_cot_single_file_matches_line_count_and_format():
     assert first["prompt"] == question.replace("\\n", "\n")
     assert "\n" in first["prompt"] and "\\n" not in first["prompt"]
     assert first["response"] == f"{rationale.replace(chr(92) + 'n', chr(10))} So the answer is {answer}."
-    assert all(re.search(r" So the answer is .+\.$", response, re.S) for response in pool["response"])
+    assert all(re.search(r" So the answer is .+\.$", response, re.DOTALL) for response in pool["response"])
 
 
 @needs_flan
@@ -355,6 +355,14 @@ def test_local_json_array_file_with_a_syntax_error_names_the_line(tmp_path):
         LocalFile(str(path)).load()
     path.write_text('[{"prompt": "a", "response": "b"}, {"prompt": "c", "response": "d"}]')
     assert LocalFile(str(path)).load()["response"] == ["b", "d"]
+
+
+def test_local_json_array_file_with_a_non_object_names_the_row(tmp_path):
+    # A JSON array has no line per row: the row alone is named (this used to fail with an IndexError).
+    path = tmp_path / "rows.json"
+    path.write_text('[{"prompt": "a", "response": "b"}, [1, 2]]')
+    with pytest.raises(DataValidationError, match=r"rows\.json: row 1: not a JSON object but list"):
+        LocalFile(str(path)).load()
 
 
 # --- FlanCoT from a URL (GitHub by default) ---------------------------------------------------

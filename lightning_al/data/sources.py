@@ -27,7 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import pyarrow as pa
@@ -53,7 +53,10 @@ class DataValidationError(ValueError):
     """A pool source is missing, malformed, misconfigured or holds an invalid row."""
 
 
-class _InvalidRow(Exception):
+class InvalidRow(Exception):
+    """A row that cannot become an example: a line that does not parse (``read_file`` returns it in the
+    row's place), or a record with a missing or bad field (raised while converting it)."""
+
     def __init__(self, reason: str, example_id: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -116,7 +119,7 @@ class LocalFile(PoolSource):
         self,
         path: str,
         fields: dict[str, str] | None = None,
-        format: str | None = None,  # noqa: A002 - the YAML key users expect
+        format: str | None = None,  # (shadows a builtin: the YAML key users expect)
         task: str | None = None,
         drop_invalid: bool = False,
     ) -> None:
@@ -148,25 +151,15 @@ class LocalFile(PoolSource):
         path = Path(self.path)
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found (LocalFile.path)")
-        fmt = _file_format(path, self.format)
-        if fmt == "parquet":
-            table = _load_parquet(path)
-            columns = table.column_names
-            records: Iterable[tuple[int, Any]] = _table_records(table, columns)
-            line_of: Callable[[int], int] | None = None
-        else:
-            # Text formats are parsed here, line by line, so that a malformed line is reported with its
-            # number (and can be dropped) instead of a parser's "position 46" for the whole file.
-            columns, rows, lines = _read_text_file(path, fmt)
-            records, line_of = enumerate(rows), lines.__getitem__
+        file = read_file(path, self.format)
         return _pool_from_records(
-            records,
-            columns,
+            file.records,
+            file.columns,
             source=str(path),
             fields=self.fields,
             default_task=self.task or path.stem,
             drop_invalid=self.drop_invalid,
-            line_of=line_of,
+            line_of=file.line_of,
         )
 
 
@@ -314,7 +307,7 @@ def download(url: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     partial_file = target.with_suffix(target.suffix + ".incomplete")
     try:
-        with urllib.request.urlopen(url, timeout=60) as response, partial_file.open("wb") as out:  # noqa: S310
+        with urllib.request.urlopen(url, timeout=60) as response, partial_file.open("wb") as out:
             shutil.copyfileobj(response, out)
     except (OSError, ValueError) as err:  # URLError and HTTPError are OSErrors
         partial_file.unlink(missing_ok=True)
@@ -337,7 +330,7 @@ def _flan_example(task: str, row: int, raw_line: bytes) -> Example:
     line = _decode(raw_line.rstrip(b"\r\n"), "line")
     parts = line.split("\t")
     if len(parts) != 3:
-        raise _InvalidRow(f"expected 3 tab-separated fields (question, answer, rationale), found {len(parts)}")
+        raise InvalidRow(f"expected 3 tab-separated fields (question, answer, rationale), found {len(parts)}")
     # FLAN stores newlines inside a field as the two characters backslash and n.
     question, answer, rationale = (
         _required_text(part.replace("\\n", "\n").strip(), name)
@@ -350,6 +343,41 @@ def _flan_example(task: str, row: int, raw_line: bytes) -> Example:
         "prompt": question,
         "response": f"{rationale} So the answer is {answer}.",
     }
+
+
+class FileRecords(NamedTuple):
+    """A local file's records, as ``read_file`` reads them.
+
+    Attributes:
+        format: jsonl, json, parquet, csv or tsv.
+        columns: Every column (key) of any record, in order of first appearance.
+        records: ``(row, record)`` pairs, ``row`` counting from 0; a record that does not parse is an
+            ``InvalidRow`` saying why.
+        line_of: The line of a row in the file (None for parquet and JSON arrays, which have no row lines).
+    """
+
+    format: str
+    columns: list[str]
+    records: Iterable[tuple[int, dict[str, Any] | InvalidRow]]
+    line_of: Callable[[int], int] | None
+
+
+def read_file(path: Path, fmt: str | None = None) -> FileRecords:
+    """The records of a local jsonl, json, parquet, csv or tsv file (``fmt``, or from the extension).
+
+    Text formats are parsed here, line by line, so that a malformed line is reported with its number
+    (and can be dropped) instead of a parser's "position 46" for the whole file; csv / tsv values stay
+    text. Pools (``LocalFile``) and multiple-choice evaluation files are read by this one function.
+
+    Raises:
+        DataValidationError: an unknown format, a file that is not UTF-8 text or not parquet.
+    """
+    fmt = _file_format(path, fmt)
+    if fmt == "parquet":
+        table = _load_parquet(path)
+        return FileRecords(fmt, table.column_names, _table_records(table, table.column_names), None)
+    columns, rows, lines = _read_text_file(path, fmt)
+    return FileRecords(fmt, columns, enumerate(rows), lines.__getitem__ if lines else None)
 
 
 def _file_format(path: Path, fmt: str | None) -> str:
@@ -390,7 +418,7 @@ def _next_line(row: int) -> int:
 def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[int]]:
     """Parse a jsonl / json / csv / tsv file into (columns, records, line number of each record).
 
-    A record that cannot be parsed is an :class:`_InvalidRow` in the list, so that it is reported
+    A record that cannot be parsed is an :class:`InvalidRow` in the list, so that it is reported
     (or dropped) with its line like any other invalid row.
     """
     if fmt in ("csv", "tsv"):
@@ -401,7 +429,7 @@ def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[in
             records = json.loads(text)
         except json.JSONDecodeError as err:
             raise DataValidationError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}") from None
-        records = [r if isinstance(r, dict) else _InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
+        records = [r if isinstance(r, dict) else InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
         return _columns_of(records), records, []
     # JSON lines (Dataset.to_json writes them even to a .json file); blank lines are skipped.
     records, lines = [], []
@@ -412,9 +440,9 @@ def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[in
         try:
             record = json.loads(line)
         except json.JSONDecodeError as err:
-            record = _InvalidRow(f"not valid JSON ({err.msg} at column {err.colno})")
-        if not isinstance(record, (dict, _InvalidRow)):
-            record = _InvalidRow(f"not a JSON object but {type(record).__name__}")
+            record = InvalidRow(f"not valid JSON ({err.msg} at column {err.colno})")
+        if not isinstance(record, (dict, InvalidRow)):
+            record = InvalidRow(f"not a JSON object but {type(record).__name__}")
         records.append(record)
         lines.append(number)
     return _columns_of(records), records, lines
@@ -440,7 +468,7 @@ def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[Any], l
                 records.append(
                     dict(zip(header, values))
                     if len(values) == len(header)
-                    else _InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
+                    else InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
                 )
                 lines.append(start)
             start = reader.line_num + 1
@@ -527,8 +555,8 @@ def _column_values(table: datasets.Dataset, name: str) -> list[Any]:
         return table.data.column(name).cast(pa.large_binary()).to_pylist()
 
 
-def _table_example(row: int, record: dict[str, Any] | _InvalidRow, mapping: dict[str, str], default_task: str) -> Example:
-    if isinstance(record, _InvalidRow):
+def _table_example(row: int, record: dict[str, Any] | InvalidRow, mapping: dict[str, str], default_task: str) -> Example:
+    if isinstance(record, InvalidRow):
         raise record  # a line that could not be parsed
     # A key absent from a JSON line reads as missing.
     record = {name: record.get(column) for name, column in mapping.items()}
@@ -541,31 +569,31 @@ def _table_example(row: int, record: dict[str, Any] | _InvalidRow, mapping: dict
             system = _optional_text(record["system"], "system") if "system" in mapping else ""
             prompt = _required_text(record["prompt"], "prompt")
             response = _required_text(record["response"], "response")
-    except _InvalidRow as err:
-        raise _InvalidRow(err.reason, example_id) from None
+    except InvalidRow as err:
+        raise InvalidRow(err.reason, example_id) from None
     return {"id": example_id, "task": task, "system": system, "prompt": prompt, "response": response}
 
 
 def _example_id(value: Any) -> str:
     text = _decode(value, "id") if isinstance(value, bytes) else str(value if value is not None else "")
     if not text.strip():
-        raise _InvalidRow("id is missing or empty")
+        raise InvalidRow("id is missing or empty")
     return text
 
 
 def _split_messages(messages: Any) -> tuple[str, str, str]:
     """Split a single-turn chat into (system, prompt, response)."""
     if not isinstance(messages, list) or not messages:
-        raise _InvalidRow("messages is not a non-empty list")
+        raise InvalidRow("messages is not a non-empty list")
     roles, contents = [], []
     for index, message in enumerate(messages):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise _InvalidRow(f"messages[{index}] is not a {{role, content}} mapping")
+            raise InvalidRow(f"messages[{index}] is not a {{role, content}} mapping")
         roles.append(message["role"])
         contents.append(message["content"])
     n_system = next((index for index, role in enumerate(roles) if role != "system"), len(roles))
     if roles[n_system:] != ["user", "assistant"]:
-        raise _InvalidRow(
+        raise InvalidRow(
             f"messages roles {roles}: expected optional system turns, one user turn, then a final assistant turn"
         )
     system = "\n".join(_optional_text(content, "system message") for content in contents[:n_system])
@@ -576,7 +604,7 @@ def _decode(value: bytes, what: str) -> str:
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise _InvalidRow(f"{what} is not valid UTF-8") from None
+        raise InvalidRow(f"{what} is not valid UTF-8") from None
 
 
 def _optional_text(value: Any, what: str) -> str:
@@ -586,18 +614,18 @@ def _optional_text(value: Any, what: str) -> str:
     if isinstance(value, bytes):
         value = _decode(value, what)
     if not isinstance(value, str):
-        raise _InvalidRow(f"{what} is not a string but {type(value).__name__}")
+        raise InvalidRow(f"{what} is not a string but {type(value).__name__}")
     if "\ufffd" in value:
-        raise _InvalidRow(f"{what} contains U+FFFD, the mark of undecodable text")
+        raise InvalidRow(f"{what} contains U+FFFD, the mark of undecodable text")
     return value
 
 
 def _required_text(value: Any, what: str) -> str:
     if value is None:
-        raise _InvalidRow(f"{what} is missing")
+        raise InvalidRow(f"{what} is missing")
     text = _optional_text(value, what)
     if not text.strip():
-        raise _InvalidRow(f"{what} is empty")
+        raise InvalidRow(f"{what} is empty")
     return text
 
 
@@ -617,7 +645,7 @@ def _assemble(
         total += 1
         try:
             example = convert(row, record)
-        except _InvalidRow as err:
+        except InvalidRow as err:
             if not drop_invalid:
                 where = _location(row, line_of(row) if line_of is not None else None, err.example_id)
                 raise DataValidationError(f"{source}: {where}: {err.reason}") from None

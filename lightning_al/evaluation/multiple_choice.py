@@ -24,8 +24,6 @@ A model is scored by comparing the log-likelihoods of the continuations
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections import defaultdict
 from collections.abc import Sequence
@@ -35,13 +33,14 @@ from typing import Any
 
 import datasets
 import numpy as np
-import pyarrow.parquet as pq
+
+from lightning_al.data.sources import InvalidRow, read_file
 
 logger = logging.getLogger(__name__)
 
 LETTERS = "ABCDEFGHIJ"
 
-_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
+_FILE_SUFFIXES = (".jsonl", ".json", ".parquet", ".csv", ".tsv")
 
 Rows = list[dict[str, Any]]
 
@@ -96,8 +95,8 @@ def load_multiple_choice(
     """Multiple-choice rows ``{"index", "subject", "question", "choices", "answer", "prompt"}``.
 
     Args:
-        source: A local .jsonl / .json / .parquet / .csv file with columns ``question``,
-            ``choices`` (a list; in a csv, columns ``A``, ``B``, ... instead),
+        source: A local .jsonl / .json / .parquet / .csv / .tsv file (read as pools are) with columns ``question``,
+            ``choices`` (a list; in a csv / tsv, columns ``A``, ``B``, ... instead),
             ``answer`` and optionally ``subject``; or else a Hugging Face Hub
             dataset id such as ``cais/mmlu``, which has these columns.
         split: The Hub split to evaluate on (ignored for a local file).
@@ -201,34 +200,16 @@ def _read_hub(source: str, name: str | None, split: str | None) -> Rows:
 
 
 def _read_file(path: Path) -> list[Any]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        try:
-            return pq.read_table(path).to_pylist()
-        except OSError as err:  # pyarrow raises ArrowInvalid, an OSError, for a file that is not parquet
-            raise ValueError(f"{path}: cannot be read as parquet: {err}") from None
-    if suffix not in _FILE_SUFFIXES:
-        raise ValueError(f"{path}: unknown file type {suffix!r}; use one of {list(_FILE_SUFFIXES)}")
-    try:
-        if suffix == ".csv":
-            with path.open(newline="", encoding="utf-8-sig") as handle:
-                return list(csv.DictReader(handle))
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 text ({err.reason} at byte {err.start})") from None
-    if suffix == ".json" and text.lstrip().startswith("["):
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: malformed JSON: {err}") from None
-    records = []  # JSON lines; Dataset.to_json writes one object per line even to a .json file
-    # Split on "\n" only: str.splitlines also splits inside strings at U+0085 / U+2028 (MMLU has some).
-    for line_number, line in enumerate(text.split("\n"), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {line_number}: malformed JSON: {err.msg}") from None
+    """The records of a local file, read as pools are (``read_file``); a line that does not parse fails."""
+    file = read_file(path)
+    records = []
+    for row, record in file.records:
+        if isinstance(record, InvalidRow):
+            where = f"line {file.line_of(row)}" if file.line_of is not None else f"row {row}"
+            kind = "JSON" if file.format in ("json", "jsonl") else file.format.upper()
+            # Malformed data is a ValueError throughout, whatever Python type it has.
+            raise ValueError(f"{path} {where}: malformed {kind}: {record.reason}")  # noqa: TRY004
+        records.append(record)
     return records
 
 
