@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningModule, Trainer
 
-from lightning_al.model.inference import decoder_hidden_states, prompt_embeddings
+from lightning_al.model.inference import decoder_hidden_states, prompt_embeddings, run_and_gather
 
 
 class SelectionDiversity:
@@ -56,25 +56,27 @@ def mean_pairwise_cosine_distance(embeddings: torch.Tensor) -> float:
     return float((n * n - similarity.sum()) / (n * (n - 1)))  # the diagonal adds n * (1 - 1) = 0
 
 
-@torch.inference_mode()
 def prompt_embedding_pass(trainer: Trainer, pl_module: LightningModule, datamodule, indices: np.ndarray,
                           adapter: bool = True) -> torch.Tensor:
     """Prompt embeddings [len(indices), hidden] (in ``indices`` order), float32, from a forward pass of
-    the prompts (no generation) by the current model, or with ``adapter=False`` the initial model."""
-    was_training = pl_module.training
-    pl_module.eval()
-    rows, vectors = [], []
+    the prompts (no generation) by the current model, or with ``adapter=False`` the initial model.
+
+    Each process embeds a strided shard of ``indices`` (padded with the last index to equal sizes) and
+    gets every process's rows back: a collective, every process must call it with the same ``indices``.
+    One process embeds them in the order given, as the batches of ``score_dataloader(indices)``.
+    """
+    world, rank = trainer.world_size, trainer.global_rank
+    shard = indices[rank::world]
+    per_rank = -(-len(indices) // world)
+    shard = np.concatenate([shard, indices[-1:].repeat(per_rank - len(shard))])
     base = pl_module.model.get_base_model()
+
+    def step(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        hidden = decoder_hidden_states(base, batch["input_ids"], batch["attention_mask"])
+        return {"index": batch["index"], "embedding": prompt_embeddings(hidden, batch)}
+
     initial = pl_module.model.disable_adapter() if not adapter else contextlib.nullcontext()
-    try:
-        with trainer.precision_plugin.predict_step_context(), initial:
-            for batch in datamodule.score_dataloader(indices):
-                batch = trainer.strategy.batch_to_device(batch)
-                hidden = decoder_hidden_states(base, batch["input_ids"], batch["attention_mask"])
-                vectors.append(prompt_embeddings(hidden, batch).cpu())
-                rows.append(batch["index"].cpu())
-    finally:
-        pl_module.train(was_training)
-    order = torch.argsort(torch.cat(rows))
-    position = torch.as_tensor(np.argsort(np.argsort(indices)))
-    return torch.cat(vectors)[order][position]
+    with initial:
+        gathered = run_and_gather(trainer, pl_module, datamodule.score_dataloader(shard), step,
+                                  {"index": [], "embedding": []})
+    return torch.from_numpy(gathered["embedding"][np.searchsorted(gathered["index"], indices)])

@@ -1,5 +1,6 @@
 """Per-example evaluation records under 2-process DDP: every example recorded once, adding up to
-metrics.jsonl exactly (the single-process run: tests/test_evaluation.py)."""
+metrics.jsonl exactly (the single-process run: tests/test_evaluation.py); the diversity analysis, sharded
+across the processes, measures what one process measures."""
 
 import json
 import os
@@ -67,20 +68,25 @@ def check_records_add_up(run_dir, round, metrics, sets):
 
 def test_ddp_records_each_example_once_and_the_heldout_loss_equals_one_process(workdir):
     # lr 0: the model stays the initial one, so both runs evaluate the same model; 15 held-out examples
-    # in batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once.
+    # in batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once. The
+    # diversity samples (15 of the 24 labels) are embedded in shards of 8 and 7 + one repeat.
     options = {"data.evaluations": _evaluations(workdir), "loop.rounds": 1, "loop.epochs_per_round": 1,
-               "loop.budget": 24, "data.validation_size": 15, "data.eval_batch_size": 4, "loop.diversity_sample": 0,
+               "loop.budget": 24, "data.validation_size": 15, "data.eval_batch_size": 4, "loop.diversity_sample": 15,
                "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
     single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
     expected = float(single.trainer.callback_metrics["heldout/loss"])
+    selection = next(row for row in _read(workdir / "checkpoints" / "single" / "metrics.jsonl")
+                     if row["evaluation"] == "selection")
     args = tiny_run_args(workdir, **options)
     result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, "--trainer.strategy=ddp",
-                             "--trainer.devices=2"], cwd=workdir, capture_output=True, text=True, timeout=600,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+                             "--trainer.devices=2"], check=False, cwd=workdir, capture_output=True, text=True,
+                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = workdir / "checkpoints" / "tiny"
     metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
     assert metrics[(0, "heldout")]["loss"] == pytest.approx(expected, rel=1e-5)
+    for key in ("diversity", "diversity_labeled", "diversity_sample"):
+        assert metrics[(0, "selection")][key] == pytest.approx(selection[key], rel=1e-5), key
     loss = check_records_add_up(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
     assert len(loss) == len({row["id"] for row in loss}) == 15  # odd sizes: the sampler repeats one example
     assert len(_read(run_dir / "evaluations" / "round_0" / "quiz.jsonl")) == len(QUIZ)
