@@ -14,8 +14,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from lightning_al import run_folder
 from lightning_al.report import final_table, jaccard, load_run, load_runs, overlap_table, task_entropy
 from lightning_al.report.command import main, make_report
+from lightning_al.report.records import read_records
 from lightning_al.report.selection import overlap_summary, selection_summary
 from lightning_al.report.tables import cost_table, metrics_long, to_markdown
 
@@ -259,3 +261,29 @@ def test_cli_prints_where_the_report_is(tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     assert exit_info.value.code == 1 and "nowhere" in capsys.readouterr().err
+
+
+def test_run_folder_writes_what_the_report_reads_and_a_round_run_again_replaces_its_rows(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path, "entropy", 2, 0, done=0)
+    rows = [{"round": r, "labeled": 12 * (r + 1), "evaluation": e, "loss": 1 / (r + 3), "nan": float("nan")}
+            for r in (0, 1) for e in ("heldout", "cost")]
+    run_folder.write_metrics(run_dir, 0, rows[:2])
+    run_folder.write_metrics(run_dir, 1, rows[2:])
+    # Byte for byte the lines of every run folder written so far, whose records the report must read.
+    assert (run_dir / "metrics.jsonl").read_text() == "".join(json.dumps(row) + "\n" for row in rows)
+    acquired = [{"id": "copy-00001", "task": "copy", "round": 0, "prompt_tokens": 31, "response_tokens": 4}]
+    run_folder.write_round(run_dir, 0, acquired)
+    assert (run_dir / "rounds" / "round_0.jsonl").read_text() == json.dumps(acquired[0]) + "\n"
+    records = [{"id": "copy-00001", "task": "copy", "correct": 1}, {"id": "sort-00002", "task": "sort", "correct": 0}]
+    run_folder.write_records(run_dir, 1, "bbh", records)
+    assert (run_dir / "evaluations" / "round_1" / "bbh.jsonl").read_text() == "".join(
+        json.dumps(row) + "\n" for row in records)
+    run = load_run(run_dir)
+    assert run.finished and run.rounds_done == 2 and list(run.acquired["id"]) == ["copy-00001"]
+    assert run_folder.record_rounds(run_dir) == [1] and read_records(run, 1)["bbh"].to_dict("records") == records
+    # A run resumed from a checkpoint taken before round 0's end evaluates round 0 again: its rows replace
+    # the earlier ones, and those of later rounds go (round 1 is trained again too).
+    again = [{**rows[0], "loss": 0.25}]
+    run_folder.write_metrics(run_dir, 0, again)
+    assert [json.dumps(row) for row in run_folder.read_metrics(run_dir)] == [json.dumps(row) for row in again]
+    assert not load_run(run_dir).finished and load_run(run_dir).rounds_done == 1
