@@ -4,6 +4,7 @@ against one-at-a-time generation, and a run that writes metrics.jsonl and Tensor
 import json
 from types import SimpleNamespace
 
+import datasets
 import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -11,8 +12,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from lightning_al.cli import main
 from lightning_al.data.batching import CausalLMCollator
 from lightning_al.evaluation import MultipleChoice
-from lightning_al.evaluation.metrics import GroupedAccuracy
-from lightning_al.evaluation.scoring import choice_logprobs
+from lightning_al.evaluation.likelihood import choice_logprobs
+from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
 from lightning_al.model.inference import greedy_generate
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
 from tests.conftest import REPO, SHARED, TINY_LLAMA, tiny_run_args
@@ -101,7 +102,7 @@ def test_multiple_choice_accuracy_equals_a_naive_reference(tiny, tmp_path):
     rows = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4}
             for i in range(10)]
     evaluation = MultipleChoice(source=str(_write_choices(tmp_path / "mc.jsonl", rows)), num_fewshot=0)
-    evaluation.prepare(SimpleNamespace(tokenizer=tokenizer))
+    evaluation.prepare(tokenizer, held_out=datasets.Dataset.from_dict({}))  # a set that needs no held-out rows
     module = SimpleNamespace(model=model)
     got = {}
     for batch in evaluation.dataloader(4, 0, tokenizer.pad_token_id):
@@ -113,7 +114,8 @@ def test_multiple_choice_accuracy_equals_a_naive_reference(tiny, tmp_path):
     assert got == expected
 
 
-def test_run_writes_metrics_for_every_evaluation_set(workdir):
+def test_run_writes_metrics_for_every_evaluation_set(workdir, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "240")  # the printed validate table: every dataloader's column side by side
     choices = _write_choices(workdir / "mc.jsonl", CHOICES)
     evaluations = [
         {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 8}},
@@ -155,10 +157,34 @@ def test_run_writes_metrics_for_every_evaluation_set(workdir):
         assert tag in tags, tag
     assert [e.step for e in events.Scalars("labeled/heldout/loss")] == [20, 40]
     # The same evaluation from the last checkpoint, through `validate`.
+    capsys.readouterr()
     cli = main(["validate", *args, f"--ckpt_path={run_dir / 'last.ckpt'}"])
     metrics = cli.trainer.callback_metrics
     assert float(metrics["quiz/examples"]) == 3 and "bbh/exact_match" in metrics
     assert float(metrics["heldout/loss"]) == pytest.approx(by_key[(1, "heldout")]["loss"], rel=1e-5)
+    check_each_metric_once(capsys.readouterr().out, cli, {"heldout_loss": "heldout", "heldout": "heldout",
+                                                          "bbh": "bbh", "quiz": "quiz"})
+
+
+def check_each_metric_once(printed, cli, prefix_of_loader):
+    """`validate` prints and returns each metric once, in the column of the dataloader of its set, and
+    the dataloaders are named after the sets (the printed table used to repeat every metric in every
+    column)."""
+    assert list(cli.trainer.val_dataloaders) == list(prefix_of_loader)
+    rows = [[cell.strip() for cell in line.split("│")[1:-1]] for line in printed.splitlines() if line.startswith("│")]
+    names = [row[0] for row in rows]
+    assert len(names) == len(set(names)) and set(names) == set(cli.trainer.callback_metrics)  # whole names
+    assert all(sum(bool(value) for value in row[1:]) == 1 for row in rows), printed
+    results = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)
+    assert len(results) == len(prefix_of_loader)
+    for result, prefix in zip(results, prefix_of_loader.values()):
+        assert result and all(key.startswith(prefix + "/") for key in result)
+    assert sum(len(result) for result in results) == len(set().union(*results))  # no metric twice
+
+
+def test_example_mean_of_no_example_is_nan():
+    """The held-out loss of an empty held-out split (validation_size 0 beside another evaluation set)."""
+    assert torch.isnan(ExampleMean().compute())
 
 
 def test_demo_config_writes_metrics_and_tensorboard(workdir):

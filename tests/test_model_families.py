@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lightning_al.evaluation.scoring import choice_logprobs
+from lightning_al.evaluation.likelihood import choice_logprobs
 from lightning_al.model import head as head_module
 from lightning_al.model.head import UnsupportedHeadError, output_head
 from lightning_al.model.loading import load_causal_lm, load_tokenizer

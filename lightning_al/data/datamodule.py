@@ -24,7 +24,7 @@ from lightning_al.data.batching import (
 )
 from lightning_al.data.formatting import tokenize_batch
 from lightning_al.data.sources import PoolSource, SyntheticTasks
-from lightning_al.evaluation.sets import Evaluation, HeldOutAnswers
+from lightning_al.evaluation import Evaluation, EvaluationPass, HeldOutAnswers, HeldOutLoss
 from lightning_al.model.loading import CHAR_TOKENIZER, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -79,13 +79,14 @@ class ActiveLearningDataModule(LightningDataModule):
             (none when ``validation_size`` is 0).
             ``[]`` keeps only the held-out loss. A set's ``rounds`` (e.g. ``[-1]``) runs it only at those
             rounds; the held-out loss (on the whole held-out split, ``validation_size``) runs every epoch.
+            Each is a validation dataloader named after it (the held-out loss: ``heldout_loss``).
     """
 
     def __init__(
         self,
         pool: PoolSource | None = None,
         tokenizer: str = CHAR_TOKENIZER,
-        validation_size: int | float = 0.05,
+        validation_size: int | float = 0.05,  # noqa: PYI041 - an int is a count, a float a fraction
         max_pool_size: int | None = None,
         split_seed: int = 0,
         max_length: int = 512,
@@ -122,10 +123,9 @@ class ActiveLearningDataModule(LightningDataModule):
         self.seed = 0
         self._default_evaluations = evaluations is None
         self.evaluations = [HeldOutAnswers()] if evaluations is None else list(evaluations)
+        self.heldout_loss = HeldOutLoss()
         #: The full evaluation runs in the validation of every n-th epoch (the loop sets its round length).
         self.evaluate_every_n_epochs = 1
-        #: What the current validation / test dataloaders serve: None for the held-out loss, else an Evaluation.
-        self.served: list[Evaluation | None] = []
         self.pool: datasets.Dataset | None = None
         self.acquired_round = np.empty(0, dtype=np.int64)
         # The source's pool after the max_pool_size subset, and the split RNG's state after drawing that
@@ -148,8 +148,9 @@ class ActiveLearningDataModule(LightningDataModule):
         if self.num_proc is not None and self.num_proc < 1:
             raise ValueError(f"data.num_proc: must be >= 1 (or null for automatic), got {self.num_proc}")
         names = [e.name for e in self.evaluations]
-        if len(set(names)) != len(names) or not all(names):
-            raise ValueError(f"data.evaluations: each evaluation set needs its own non-empty name, got {names}")
+        if len(set(names)) != len(names) or not all(names) or self.heldout_loss.name in names:
+            raise ValueError(f"data.evaluations: each evaluation set needs its own non-empty name, and "
+                             f"{self.heldout_loss.name!r} is the held-out loss's; got {names}")
 
     @cached_property
     def tokenizer(self):
@@ -177,8 +178,10 @@ class ActiveLearningDataModule(LightningDataModule):
         self._log_pool_summary()
         if self._default_evaluations and not self.held_out.any():
             self.evaluations = []  # the default held-out answers need a held-out split; a configured one fails
+        held_out = self.pool.select(np.flatnonzero(self.held_out).tolist())
+        self.heldout_loss.prepare(self.tokenizer, held_out)
         for evaluation in self.evaluations:
-            evaluation.prepare(self)
+            evaluation.prepare(self.tokenizer, held_out)
             rank_zero_info(f"Evaluation set {evaluation.name!r}: {len(evaluation.rows)} examples")
 
     def _raw_pool(self) -> datasets.Dataset:
@@ -338,7 +341,12 @@ class ActiveLearningDataModule(LightningDataModule):
         return self._loader(indices, self.batch_size, CausalLMCollator(self.tokenizer.pad_token_id), sampler=sampler,
                             loader_class=ResumableDataLoader)
 
-    def val_dataloader(self) -> list[DataLoader]:
+    @property
+    def evaluation_passes(self) -> dict[str, EvaluationPass]:
+        """The held-out loss and the evaluation sets, by name, in the order of the validation dataloaders."""
+        return {p.name: p for p in (self.heldout_loss, *self.evaluations)}
+
+    def val_dataloader(self) -> dict[str, DataLoader]:
         """The held-out loss every epoch; the evaluation sets too when a round ends (and in ``validate``)."""
         trainer = self.trainer
         fitting = trainer is not None and trainer.state.fn == "fit"
@@ -356,16 +364,20 @@ class ActiveLearningDataModule(LightningDataModule):
         round, num_rounds = trainer.current_epoch // every, trainer.max_epochs // every
         return self._evaluation_loaders([e for e in self.evaluations if e.runs_at(round, num_rounds)])
 
-    def test_dataloader(self) -> list[DataLoader]:
+    def test_dataloader(self) -> dict[str, DataLoader]:
         return self._evaluation_loaders(self.evaluations)
 
-    def _evaluation_loaders(self, evaluations: list[Evaluation]) -> list[DataLoader]:
+    def _evaluation_loaders(self, due: list[Evaluation]) -> dict[str, DataLoader]:
+        """One loader per evaluation pass (``evaluation_passes``), named after it, always all of them in
+        the same order: Lightning knows a validation loader by its position, so a set keeps its position
+        (and its metrics their dataloader) in every validation; a set that is not ``due`` gets an empty one."""
         indices = length_sorted(np.flatnonzero(self.held_out), self.pool_lengths)
-        self.served = [None, *evaluations]
         pad = self.tokenizer.pad_token_id
-        return [self._loader(indices, self.eval_batch_size, CausalLMCollator(pad))] + [
-            e.dataloader(self.eval_batch_size, self.num_workers, pad) for e in evaluations
-        ]
+        loaders = {self.heldout_loss.name: self._loader(indices, self.eval_batch_size, CausalLMCollator(pad))}
+        for evaluation in self.evaluations:
+            loaders[evaluation.name] = (evaluation.dataloader(self.eval_batch_size, self.num_workers, pad)
+                                        if evaluation in due else self._loader(indices[:0], 1, CausalLMCollator(pad)))
+        return loaders
 
     def score_dataloader(self, indices: np.ndarray, extra_tokens: int = 0) -> DataLoader:
         """Prompts only (never the reference response), left-padded for generation, sorted by length.

@@ -1,4 +1,4 @@
-"""Evaluation after every round: held-out answers, BIG-Bench Hard chain of thought, multiple choice.
+"""Evaluation after every round: held-out loss and answers, BIG-Bench Hard chain of thought, multiple choice.
 
 The answer extraction and exact-match functions are public: ``from lightning_al.evaluation import
 extract_answer, exact_match``.
@@ -12,13 +12,19 @@ from lightning_al.evaluation.answers import (
     reference_answer,
     truncate_at_stop,
 )
-from lightning_al.evaluation.sets import BigBenchHard, Evaluation, HeldOutAnswers, MultipleChoice
+from lightning_al.evaluation.bbh import BigBenchHard
+from lightning_al.evaluation.heldout import HeldOutAnswers, HeldOutLoss
+from lightning_al.evaluation.multiple_choice import MultipleChoice
+from lightning_al.evaluation.sets import Evaluation, EvaluationPass, GenerativeEvaluation
 
 __all__ = [
     "ANSWER_MARKER",
     "BigBenchHard",
     "Evaluation",
+    "EvaluationPass",
+    "GenerativeEvaluation",
     "HeldOutAnswers",
+    "HeldOutLoss",
     "MultipleChoice",
     "exact_match",
     "extract_answer",

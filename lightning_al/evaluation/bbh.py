@@ -16,6 +16,7 @@ with its reasoning and "So the answer is ...". Generation stops at
 :func:`~lightning_al.evaluation.answers.exact_match` against ``target``.
 
 BBH is evaluation data: it carries a canary string and must never be trained on.
+:class:`BigBenchHard` is the evaluation set (``data.evaluations``) built on these functions.
 """
 
 from __future__ import annotations
@@ -26,7 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import datasets
 import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from lightning_al.data.formatting import prompt_text
+from lightning_al.evaluation.answers import extract_answer
+from lightning_al.evaluation.sets import GenerativeEvaluation
 
 COT_TRIGGER = "Let's think step by step."
 BBH_STOP_STRINGS = ("Q:", "\n\n")
@@ -168,3 +175,57 @@ def _subset(size: int, limit: int | None, seed: int, task: str) -> list[int]:
     # Seeding with the task name too keeps each task's subset independent of the other tasks selected.
     rng = np.random.default_rng([seed, zlib.crc32(task.encode("utf-8"))])
     return sorted(rng.choice(size, size=limit, replace=False).tolist())
+
+
+class BigBenchHard(GenerativeEvaluation):
+    """BIG-Bench Hard, 3-shot chain of thought (Suzgun et al.): greedy generation that stops at the
+    next "Q:" or a blank line; exact match of the answer after "the answer is".
+
+    Args:
+        path: Folder with ``tasks/<task>.json`` and ``cot-prompts/<task>.txt``, or a clone of
+            github.com/suzgunmirac/BIG-Bench-Hard (task files in ``bbh/``).
+        tasks: Task names (default: all tasks in the folder).
+        max_examples_per_task: A fixed, seeded sample per task (None: all), to keep rounds fast.
+        max_new_tokens: Generation length limit of the chain of thought.
+        chat_template: Put the prompt in a user turn of the tokenizer's chat template, with the
+            assistant's answer begun by "Let's think step by step." (instruct models); otherwise
+            (or without a chat template) the plain text prompt.
+        seed: Seed of the per-task sample.
+        name: Prefix of the logged metrics.
+        rounds: Evaluate only at the end of these rounds (0-based; negative counts from the last:
+            ``[-1]`` is the last round). None: every round. ``validate`` / ``test`` always evaluate.
+    """
+
+    stop_strings = BBH_STOP_STRINGS
+
+    def __init__(self, path: str, tasks: list[str] | None = None, max_examples_per_task: int | None = None,
+                 max_new_tokens: int = 256, chat_template: bool = True, seed: int = 0, name: str = "bbh",
+                 rounds: list[int] | None = None) -> None:
+        super().__init__(name, max_new_tokens, rounds)
+        self.path = path
+        self.tasks = tasks
+        self.max_examples_per_task = max_examples_per_task
+        self.chat_template = chat_template
+        self.seed = seed
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase, held_out: datasets.Dataset) -> None:
+        examples = load_bbh(self.path, self.tasks, self.max_examples_per_task, self.seed)
+        tasks = sorted({ex["task"] for ex in examples})
+        self.rows = []
+        for ex in examples:
+            if self.chat_template and tokenizer.chat_template:
+                user, prefix = bbh_chat_turns(ex["cot_prompt"], ex["input"])
+                # The template writes its own special tokens (BOS, role headers).
+                ids = tokenizer(prompt_text(tokenizer, "", user) + prefix, add_special_tokens=False)["input_ids"]
+            else:
+                ids = tokenizer(bbh_prompt(ex["cot_prompt"], ex["input"]))["input_ids"]
+            # The id names the example in its task file, so that records of two runs pair up.
+            self.rows.append({"input_ids": ids, "group": tasks.index(ex["task"]), "target": ex["target"],
+                              "id": f"{ex['task']}/{ex['index']}"})
+        self._finish_prepare(tasks)
+
+    def prediction(self, generated: str, row: dict[str, Any]) -> str | None:
+        return extract_answer(generated)
+
+    def target(self, row: dict[str, Any]) -> str:
+        return row["target"]

@@ -92,6 +92,9 @@ class ExampleMean(Metric):
         self.weight.append(weight.to(dtype))
 
     def compute(self) -> torch.Tensor:
+        """The mean; NaN before any example (an empty held-out split)."""
+        if isinstance(self.example, list) and not self.example:
+            return torch.tensor(float("nan"))
         example, total, weight = (dim_zero_cat(s) if isinstance(s, list) else s
                                   for s in (self.example, self.total, self.weight))
         if example.numel() == 0:

@@ -19,7 +19,8 @@ A model is scored by comparing the log-likelihoods of the continuations
 " A", " B", ... (:func:`choice_continuations`) after the prompt.
 
 :func:`load_multiple_choice` reads the questions from the Hugging Face Hub
-(``cais/mmlu``) or from a local file with the same columns.
+(``cais/mmlu``) or from a local file with the same columns; :class:`MultipleChoice` is the
+evaluation set (``data.evaluations``) built on them.
 """
 
 from __future__ import annotations
@@ -33,8 +34,12 @@ from typing import Any
 
 import datasets
 import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
 
 from lightning_al.data.sources import InvalidRow, read_file
+from lightning_al.evaluation.likelihood import choice_logprobs
+from lightning_al.evaluation.sets import Batch, Evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -249,3 +254,57 @@ def _answer_index(answer: Any, num_choices: int, where: str) -> int:
             raise ValueError(f"{where}: answer {answer!r} is not one of the {num_choices} choices")
         return LETTERS.index(answer.strip().upper())
     raise ValueError(f"{where}: 'answer' must be a 0-based choice index or a letter A-J, got {answer!r}")
+
+
+class MultipleChoice(Evaluation):
+    """Multiple choice by log-likelihood, MMLU style: the question, lettered choices and "Answer:",
+    then the choice whose continuation (" A", " B", ...) has the highest log-probability is the
+    model's answer. Plain text (no chat template), as in the MMLU papers and lm-evaluation-harness.
+
+    Args:
+        source: Hub dataset id (``cais/mmlu``) or a local jsonl / json / parquet / csv file with
+            ``question``, ``choices``, ``answer`` (index or letter) and optional ``subject``.
+        name: Prefix of the logged metrics.
+        config_name: Hub dataset config (``all`` for every MMLU subject).
+        split: Split evaluated (hub).
+        fewshot_split: Split the exemplars come from (hub); the first ``num_fewshot`` of the same subject.
+        fewshot_source: Local file of exemplars (for a local ``source``).
+        num_fewshot: Exemplars per prompt.
+        subjects: Subjects to keep (default: all).
+        max_examples: A fixed, seeded sample of the questions (None: all).
+        seed: Seed of the sample.
+        rounds: Evaluate only at the end of these rounds (0-based; negative counts from the last:
+            ``[-1]`` is the last round). None: every round. ``validate`` / ``test`` always evaluate.
+    """
+
+    def __init__(self, source: str = "cais/mmlu", name: str = "mmlu", config_name: str | None = "all",
+                 split: str = "test", fewshot_split: str | None = "dev", fewshot_source: str | None = None,
+                 num_fewshot: int = 5, subjects: list[str] | None = None, max_examples: int | None = None,
+                 seed: int = 0, rounds: list[int] | None = None) -> None:
+        super().__init__(name, rounds)
+        self.options = {"split": split, "name": config_name, "fewshot_split": fewshot_split,
+                        "fewshot_source": fewshot_source, "num_fewshot": num_fewshot, "subjects": subjects,
+                        "max_examples": max_examples, "seed": seed}
+        self.source = source
+
+    def prepare(self, tokenizer: PreTrainedTokenizerBase, held_out: datasets.Dataset) -> None:
+        examples = load_multiple_choice(self.source, **self.options)
+        subjects = sorted({str(ex["subject"]) for ex in examples})
+        self.rows = []
+        for ex in examples:
+            ids = tokenizer(ex["prompt"])["input_ids"]
+            continuations = [tokenizer(c, add_special_tokens=False)["input_ids"]
+                             for c in choice_continuations(len(ex["choices"]))]
+            # The id is the question's row in its file (or split), so that records of two runs pair up.
+            self.rows.append({"input_ids": ids, "group": subjects.index(str(ex["subject"])), "answer": ex["answer"],
+                              "continuations": continuations, "id": f"{ex['subject']}/{ex['index']}"})
+        self._finish_prepare(subjects)
+
+    def correct(self, module, batch: Batch) -> torch.Tensor:
+        rows = [self.rows[i] for i in batch["index"].tolist()]
+        chosen = []
+        for row, logprobs in zip(rows, choice_logprobs(module.model, batch, [r["continuations"] for r in rows])):
+            chosen.append(int(torch.argmax(logprobs)))  # ties: the first choice, as in lm-evaluation-harness
+        self.records.add(batch["index"], chosen=[LETTERS[c] for c in chosen],
+                         target=[LETTERS[r["answer"]] for r in rows])
+        return torch.tensor([float(c == r["answer"]) for c, r in zip(chosen, rows)])

@@ -1,4 +1,5 @@
-from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
-from lightning_al.model.module import LoRALanguageModel
+"""The causal LM below the LightningModule: loading, inference over left-padded prompts, the LM head."""
 
-__all__ = ["CHAR_TOKENIZER", "LoRALanguageModel", "load_causal_lm", "load_tokenizer"]
+from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
+
+__all__ = ["CHAR_TOKENIZER", "load_causal_lm", "load_tokenizer"]

@@ -12,8 +12,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from peft import LoraConfig, get_peft_model
 
-from lightning_al.evaluation.metrics import ExampleMean
-from lightning_al.evaluation.records import ExampleRecords
+from lightning_al.evaluation import EvaluationPass, HeldOutLoss
 from lightning_al.model.head import output_head
 from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
 from lightning_al.scoring.passes import ScoreSource, generated_statistics, prompt_statistics
@@ -95,19 +94,26 @@ class LoRALanguageModel(LightningModule):
         self.initial_adapter: dict[str, torch.Tensor] = {}
         # Only the adapter is saved; the base weights come back from `pretrained` / `config`.
         self.strict_loading = False
-        # Per example, so that the examples DDP's sampler repeats to pad the last batch count once.
-        self.val_nll = ExampleMean()
-        self.val_records = ExampleRecords()
-        #: The latest validation's metrics (float64, as metrics.jsonl keeps them) and per-example records
-        #: by evaluation name (``heldout_loss``: the held-out NLL); the loop writes both at a round's end.
-        self.evaluation_results: dict[str, float] = {}
+        #: The evaluation passes, in the order of the validation dataloaders (the DataModule's).
+        self.evaluations: list[EvaluationPass] = []
+        #: The latest validation's metrics by evaluation (``{"heldout": {"loss": ...}, "bbh": {...}}``, float64
+        #: as metrics.jsonl keeps them) and per-example records by pass name (``heldout_loss``: the held-out
+        #: NLL); the loop writes both at a round's end.
+        self.evaluation_results: dict[str, dict[str, float]] = {}
         self.evaluation_records: dict[str, list[dict[str, Any]]] = {}
+        self._computed: dict[str, dict[str, float | torch.Tensor]] = {}
 
     @property
     def tokenizer(self):
         if not hasattr(self, "_tokenizer"):
             self._tokenizer = load_tokenizer(self.tokenizer_name)
         return self._tokenizer
+
+    def setup(self, stage: str) -> None:
+        passes = getattr(self.trainer.datamodule, "evaluation_passes", {})
+        self.evaluations = list(passes.values())
+        # Children of this module: Lightning moves the metric states with it, torchmetrics syncs them.
+        self.evaluation_metrics = torch.nn.ModuleDict({name: p.metrics for name, p in passes.items()})
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -164,41 +170,48 @@ class LoRALanguageModel(LightningModule):
                  batch_size=batch["input_ids"].shape[0])
         return loss
 
+    def on_validation_epoch_start(self) -> None:
+        self._computed = {}
+
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        evaluation = self.trainer.datamodule.served[dataloader_idx]
-        if evaluation is not None:  # an evaluation set: generation or choice log-likelihoods
-            evaluation.update(self, batch)
-            return
-        logits = self(batch["input_ids"], batch["attention_mask"]).logits[:, :-1]
-        labels = batch["labels"][:, 1:]
-        # Summed per example and weighted by its response tokens: the epoch value is the per-token
-        # NLL of the whole split, each held-out example counted once.
-        nll = torch.nn.functional.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100,
-                                                reduction="none").sum(1)
-        tokens = (labels != -100).sum(1)
-        self.val_nll.update(nll, batch["index"], weight=tokens)
-        self.val_records.add(batch["index"], nll=nll.tolist(), tokens=tokens.tolist())
+        evaluation = self.evaluations[dataloader_idx]
+        evaluation.update(self, batch)
+        if batch_idx + 1 == self._batches_in(dataloader_idx):
+            # Logged within its own dataloader, so `validate` shows each metric once. Every process has as
+            # many batches (the distributed sampler pads), so they all compute here together.
+            self._compute(evaluation)
 
     def on_validation_epoch_end(self) -> None:
-        # Metrics compute across processes (torchmetrics syncs on compute), so no sync_dist here.
-        nll = self.val_nll.compute()
-        self.val_nll.reset()
-        self.log_dict({"heldout/loss": nll, "heldout/perplexity": torch.exp(nll)}, prog_bar=True)
-        dm = self.trainer.datamodule
-        loss_records = [{"id": str(dm.ids[i]), "task": str(dm.tasks[i]), **row}
-                        for i, row in self.val_records.gather().items()]
-        results = {"heldout/loss": float(nll), "heldout/perplexity": float(torch.exp(nll))}
-        per_task = _loss_per_task(loss_records)
-        self.log_dict(per_task)
-        results.update(per_task)
-        records = {"heldout_loss": loss_records}
-        for evaluation in dm.served:
-            if evaluation is not None:
-                values = evaluation.compute()
-                self.log_dict(values)
-                results.update(values)
+        for evaluation in self.evaluations:
+            if isinstance(evaluation, HeldOutLoss) and evaluation.name not in self._computed:
+                self._compute(evaluation)  # no held-out batch at all (validation_size 0): NaN, as ever
+        results: dict[str, dict[str, float]] = {}
+        records = {}
+        for evaluation in self.evaluations:
+            if evaluation.name in self._computed:
+                values = {k: float(v) for k, v in self._computed[evaluation.name].items()}
+                results.setdefault(evaluation.metrics_prefix, {}).update(values)
                 records[evaluation.name] = evaluation.last_records
         self.evaluation_results, self.evaluation_records = results, records
+
+    def _compute(self, evaluation: EvaluationPass) -> None:
+        values = evaluation.compute()  # synced across processes: no sync_dist when logging
+        for shown in (True, False):
+            self.log_dict({f"{evaluation.metrics_prefix}/{k}": v for k, v in values.items()
+                           if (k in evaluation.progress_bar) == shown},
+                          prog_bar=shown, add_dataloader_idx=False, batch_size=1)
+        self._computed[evaluation.name] = values
+
+    def _batches_in(self, dataloader_idx: int) -> int:
+        trainer = self.trainer
+        if trainer.testing:
+            return trainer.num_test_batches[dataloader_idx]
+        if trainer.sanity_checking:
+            return trainer.num_sanity_val_batches[dataloader_idx]
+        return trainer.num_val_batches[dataloader_idx]
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         self.validation_step(batch, batch_idx, dataloader_idx)
@@ -237,12 +250,3 @@ class LoRALanguageModel(LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
 
-
-def _loss_per_task(records: list[dict[str, Any]]) -> dict[str, float]:
-    """``heldout/loss/<task>``: summed NLL over summed response tokens of each task's held-out examples."""
-    sums: dict[str, list[float]] = {}
-    for row in records:
-        total = sums.setdefault(row["task"], [0.0, 0.0])
-        total[0] += row["nll"]
-        total[1] += row["tokens"]
-    return {f"heldout/loss/{task}": nll / tokens for task, (nll, tokens) in sorted(sums.items()) if tokens > 0}
