@@ -12,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from lightning.pytorch import LightningModule, Trainer
@@ -122,7 +121,7 @@ class RunRecorder:
         # The module's own values of this round's validation: float64, and no set that did not run this
         # round (callback_metrics keep an earlier round's values of a set restricted to some rounds).
         results = {name: {k: float(v) for k, v in values.items()}
-                   for name, values in _nested_results(getattr(pl_module, "evaluation_results", {})).items()}
+                   for name, values in getattr(pl_module, "evaluation_results", {}).items()}
         results["cost"] = dict(self.cost)
         if selection is not None:
             results["selection"] = selection
@@ -154,20 +153,3 @@ class RunRecorder:
             f"Rounds and adapters: {run_folder.rounds_dir(self.run_dir)}; checkpoints: {self.run_dir}{where}"
         )
 
-
-def _nested_results(results: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{set: {metric: value}}`` from the module's ``evaluation_results``.
-
-    TRANSITIONAL (issue #9): also accepts the older flat form ``{"set/metric": value}`` (a per-task metric:
-    ``"set/metric/task"``), which the module exposes until it switches to the nested form; delete the flat
-    branch then.
-    """
-    nested: dict[str, dict[str, Any]] = {}
-    for key, value in results.items():
-        if isinstance(value, Mapping):
-            nested[key] = dict(value)
-            continue
-        name, _, metric = key.partition("/")
-        if metric:
-            nested.setdefault(name, {})[metric] = value
-    return nested
