@@ -43,9 +43,9 @@ def _sync(device: torch.device) -> None:
 
 
 def _setup(args):
-    from lightning_al.data.datamodule import ActiveLearningDataModule
     from lightning_al.data.sources import FlanCoT
-    from lightning_al.model.module import LoRALanguageModel
+    from lightning_al.datamodule import ActiveLearningDataModule
+    from lightning_al.module import LoRALanguageModel
 
     model = LoRALanguageModel(pretrained=args.model, score_source="generated", max_new_tokens=args.max_new_tokens,
                               dtype=args.dtype)

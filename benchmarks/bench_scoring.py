@@ -111,9 +111,9 @@ class PeakMemory:
 def _build(spec: dict):
     import torch
 
-    from lightning_al.data.datamodule import ActiveLearningDataModule
     from lightning_al.data.sources import FlanCoT
-    from lightning_al.model.module import LoRALanguageModel
+    from lightning_al.datamodule import ActiveLearningDataModule
+    from lightning_al.module import LoRALanguageModel
 
     source = "generated" if spec["variant"].endswith("generated") else "prompt"
     kwargs = dict(tokenizer=spec["tokenizer"], score_source=source, max_new_tokens=spec["max_new_tokens"])

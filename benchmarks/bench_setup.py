@@ -52,8 +52,8 @@ def _peak_mib() -> dict[str, float]:
 
 
 def run_project(pool: str, tokenizer: str, num_proc: int, cache: str, max_length: int) -> dict:
-    from lightning_al.data.datamodule import ActiveLearningDataModule
     from lightning_al.data.sources import LocalFile
+    from lightning_al.datamodule import ActiveLearningDataModule
 
     start = time.perf_counter()
     dm = ActiveLearningDataModule(LocalFile(pool), tokenizer=tokenizer, validation_size=0.02, max_length=max_length,

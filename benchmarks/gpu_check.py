@@ -78,7 +78,7 @@ def _prompt_batches(num_batches: int, batch_size: int, min_len: int, max_len: in
 
 
 def _module(config: dict, source: str, dtype: str, device: torch.device, max_new_tokens: int):
-    from lightning_al.model.module import LoRALanguageModel
+    from lightning_al.module import LoRALanguageModel
 
     module = LoRALanguageModel(config=config, tokenizer="char", dtype=dtype, score_source=source,
                                max_new_tokens=max_new_tokens, lora_r=16, lora_dropout=0.0)

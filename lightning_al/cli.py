@@ -11,10 +11,10 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI, SaveCon
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lightning_al.checkpointing import RunCheckpoint, resolve_checkpoint
-from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.datamodule import ActiveLearningDataModule
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import CHAR_TOKENIZER, check_pretrained
-from lightning_al.model.module import LoRALanguageModel
+from lightning_al.module import LoRALanguageModel
 from lightning_al.run_folder import CONFIG, run_dir_of, scores_path_of
 from lightning_al.scoring.writer import ScoreWriter
 

@@ -32,7 +32,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_al import run_folder
 from lightning_al.checkpointing import RunCheckpoint
-from lightning_al.data.datamodule import ActiveLearningDataModule
+from lightning_al.datamodule import ActiveLearningDataModule
 from lightning_al.recording import RunRecorder
 from lightning_al.scoring.pool import PartialScores, ScoringInterrupted, score_pool
 from lightning_al.selection_analysis import SelectionDiversity, prompt_embedding_pass

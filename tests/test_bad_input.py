@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-import lightning_al.model.module as module
+from lightning_al import module
 from lightning_al.cli import main
 from lightning_al.data.sources import DataValidationError
 from tests.conftest import REPO, SHARED, tiny_run_args

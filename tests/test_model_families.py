@@ -18,7 +18,7 @@ from lightning_al.evaluation.likelihood import choice_logprobs
 from lightning_al.model import head as head_module
 from lightning_al.model.head import UnsupportedHeadError, output_head
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
-from lightning_al.model.module import LoRALanguageModel
+from lightning_al.module import LoRALanguageModel
 from lightning_al.scoring import SCORE_NAMES
 from tests.test_evaluation import _left_padded, _naive_logprob
 from tests.test_scoring import (  # noqa: F401  (fixtures)
@@ -33,8 +33,8 @@ from tests.test_scoring import (  # noqa: F401  (fixtures)
     reference_scores,
 )
 
-_DECODER = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3)
+_DECODER = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                "num_key_value_heads": 2, "max_position_embeddings": 256, "initializer_range": 0.3}
 FAMILIES = {
     "llama": MODEL_CONFIG,
     # The cap is small enough that it changes almost every logit of this model (checked below).
@@ -130,7 +130,7 @@ def test_an_unknown_head_is_refused_with_the_model_class(cls, words, monkeypatch
     assert words in str(error.value) and "score_source=generated" in str(error.value)
     # Through the LightningModule: refused when the model is built, before any scoring pass; the
     # generated source, which reads the logits generate() returns, is allowed.
-    monkeypatch.setattr("lightning_al.model.module.load_causal_lm", lambda *args, **kwargs: _tiny(cls))
+    monkeypatch.setattr("lightning_al.module.load_causal_lm", lambda *args, **kwargs: _tiny(cls))
     with pytest.raises(UnsupportedHeadError, match=cls.__name__):
         LoRALanguageModel(config={"model_type": "llama"}, tokenizer="char", score_source="prompt").configure_model()
     LoRALanguageModel(config={"model_type": "llama"}, tokenizer="char", score_source="generated").configure_model()

@@ -11,7 +11,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-import lightning_al.model.module as module
+from lightning_al import module
 from lightning_al.cli import main
 from lightning_al.data.sources import DataValidationError, SyntheticTasks
 from lightning_al.model.loading import PretrainedNotFoundError

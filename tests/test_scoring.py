@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from lightning_al.data.datamodule import ActiveLearningDataModule
 from lightning_al.data.sources import LocalFile, SyntheticTasks
-from lightning_al.model.module import LoRALanguageModel
+from lightning_al.datamodule import ActiveLearningDataModule
+from lightning_al.module import LoRALanguageModel
 from lightning_al.scoring import SCORE_NAMES, chunked_token_statistics, per_example_scores, token_statistics
 from lightning_al.strategies import (
     ConfidenceSampling,
@@ -32,12 +32,12 @@ MAX_NEW_TOKENS = 10
 # saturate the attention and float32 itself drifts ~1e-5 from float64: these keep it near 2e-6.
 INIT_SEED = 3
 LORA_STD = 0.1
-MODEL_CONFIG = dict(
-    model_type="llama", hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-    num_key_value_heads=2, max_position_embeddings=256, initializer_range=0.3,
-)
+MODEL_CONFIG = {
+    "model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "max_position_embeddings": 256, "initializer_range": 0.3,
+}
 # Absolute position embeddings: left padding must not shift a prompt's positions.
-GPT2_CONFIG = dict(model_type="gpt2", n_embd=32, n_layer=2, n_head=4, n_positions=256, initializer_range=0.1)
+GPT2_CONFIG = {"model_type": "gpt2", "n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256, "initializer_range": 0.1}
 # A token the random model often produces greedily, made an extra end-of-turn token so that the
 # continuations of one batch stop at different steps (the char tokenizer's own <|im_end|> is rare).
 EXTRA_STOP_TOKEN = 52
