@@ -1,4 +1,4 @@
-from lightning_al.cli import entry_point
+from lightning_al.commands import main
 
 if __name__ == "__main__":
-    entry_point()
+    main()

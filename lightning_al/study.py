@@ -1,162 +1,151 @@
-"""``lightning-al study``: acquisition strategies × rounds m × seeds, each cell an ordinary fit run.
+"""``lightning-al study``: acquisition strategies x rounds m x seeds, each cell an ordinary fit run.
 
-Cells run one after the other in this process, each in its own run directory
+Cells run one after the other in this process, each in its own run folder
 ``checkpoints/<study>/<strategy>-m<m>-s<seed>``. Running the command again skips finished cells
 and resumes an interrupted one (``--ckpt_path last``: its newest loadable checkpoint); ``--cell i``
-runs only cell i, so that cells can be separate jobs (one per GPU, a cluster array job). The report of every finished
-cell is written to ``reports/<study>`` at the end (or later with ``lightning-al report``).
+runs only cell i, so that cells can be separate jobs (one per GPU, a cluster array job). The report of every
+finished cell is written to ``reports/<study>`` at the end (or later with ``lightning-al report``).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import itertools
-import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, fields, replace
 from pathlib import Path
+from typing import Any
 
 import yaml
+from jsonargparse import Namespace
+from lightning.pytorch.cli import ArgsType, LightningArgumentParser
 
-from lightning_al import checkpointing
-from lightning_al.cli import main as fit_main
-from lightning_al.run_folder import run_dir_of, save_records
-from lightning_al.run_folder import status as cell_status
-from lightning_al.strategies import REGISTRY, strategy_from_name
+from lightning_al.cli import ActiveLearningCLI, HelpFormatter
+from lightning_al.cli import main as fit
+from lightning_al.run_folder import Status, run_dir_of, save_records
+from lightning_al.run_folder import status as run_status
+from lightning_al.study_grid import Cell, StudyGrid, cells
 
+DESCRIPTION = """\
+Run a grid of active-learning runs (study: strategies x rounds x seeds), each a `lightning-al fit` of the
+config with the cell's strategy, loop.rounds and seed_everything; then write their report.
 
-@dataclass(frozen=True)
-class Cell:
-    """One run of the grid."""
+Every fit key (--config files, --trainer.devices=2, ...) goes to every cell. Several --config files
+layer: later ones override, e.g.
+  lightning-al study --config configs/llama-3.2-1b-instruct.yaml --config configs/study-llama-3.2-1b.yaml"""
 
-    strategy: str
-    rounds: int
-    seed: int
-
-    @property
-    def name(self) -> str:
-        return f"{self.strategy.rsplit('.', 1)[-1]}-m{self.rounds}-s{self.seed}"
-
-    @property
-    def loop_strategy(self) -> str:
-        """The ``--loop.strategy`` value: a short name of the registry (the loop resolves it) or a class path."""
-        return self.strategy
+#: The study command's own options (not fit keys), not passed to the cells: the grid's overrides and these.
+GRID_OPTIONS = tuple(f.name for f in fields(StudyGrid))
+OWN_OPTIONS = (*GRID_OPTIONS, "cell", "list", "report_dir", "no_report")
 
 
-def grid(strategies: Sequence[str], rounds: Sequence[int], seeds: Sequence[int]) -> list[Cell]:
-    """Every (strategy, m, seed), seeds outermost: a study cut short still has every (strategy, m) cell of
-    its first seeds, so that its comparisons are paired."""
-    for strategy in strategies:
-        try:
-            strategy_from_name(strategy)
-        except ValueError:
-            raise ValueError(f"study.strategies: unknown strategy {strategy!r}; use one of {list(REGISTRY)} "
-                             "or a class path") from None
-    if not strategies or not rounds or not seeds:
-        raise ValueError("study: strategies, rounds and seeds must each hold at least one value")
-    if any(m < 1 for m in rounds):
-        raise ValueError(f"study.rounds: every m must be >= 1, got {list(rounds)}")
-    return [Cell(s, m, seed) for seed, s, m in itertools.product(seeds, strategies, rounds)]
+class StudyCLI(ActiveLearningCLI):
+    """Parses ``lightning-al study``: every fit key (shared by the cells, checked before the first one runs), the
+    typed ``study:`` grid and the command's own options. It instantiates nothing: each cell is a fit of its own."""
+
+    def __init__(self, args: ArgsType = None) -> None:
+        kwargs = {"prog": "lightning-al study", "description": DESCRIPTION, "formatter_class": HelpFormatter}
+        super().__init__(args, run=False, parser_kwargs=kwargs)
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        super().add_arguments_to_parser(parser)
+        own = parser.add_argument_group("The study's own options (the cells get every other key)")
+        own.add_argument("--name", type=str | None, default=None,
+                         help="Override study.name (default: the last config file's name).")
+        own.add_argument("--strategies", type=str, nargs="+", default=None,
+                         help="Override study.strategies (random, entropy, ...).")
+        own.add_argument("--rounds", type=int, nargs="+", default=None, help="Override study.rounds (the m values).")
+        own.add_argument("--seeds", type=int, nargs="+", default=None, help="Override study.seeds.")
+        own.add_argument("--records_dir", type=str | None, default=None, help="Override study.records_dir.")
+        own.add_argument("--cell", type=int | None, default=None,
+                         help="Run only this cell (0-based index in --list), e.g. one job of an array job.")
+        own.add_argument("--list", action="store_true", help="List the cells and their status, run nothing.")
+        own.add_argument("--report_dir", type=str | None, default=None,
+                         help="Where the report goes (default: reports/<name>, or <records_dir>/report).")
+        own.add_argument("--no_report", action="store_true", help="Do not write the report at the end.")
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        super().parse_arguments(parser, args)
+        self.config.seed_everything = False  # nothing to seed here: each cell seeds itself (study.seeds)
+
+    def before_instantiate_classes(self) -> None:
+        """Nothing: each cell checks its own config."""
+
+    def instantiate_classes(self) -> None:
+        """Nothing: each cell instantiates its own run."""
+
+    def grid(self) -> StudyGrid:
+        """The config's ``study:`` section with the command line's overrides."""
+        config = self.config
+        grid = StudyGrid(**config.study.as_dict()) if config.study else StudyGrid()
+        grid = replace(grid, **{key: config[key] for key in GRID_OPTIONS if config[key] is not None})
+        if grid.name is None and config.get("config"):
+            grid = replace(grid, name=Path(str(config.config[-1])).stem)
+        if grid.name is None:
+            raise ValueError("study.name: name the study (--name, study.name or a --config file)")
+        return grid
+
+    def cell_config(self, grid: StudyGrid, cell: Cell, status: Status) -> dict[str, Any]:
+        """The ``fit`` config of a cell: the study's, with the cell's run name, strategy, m and seed."""
+        config = self.config.clone()
+        config.study = Namespace(**asdict(grid))  # the grid that ran, overrides included: kept in config.yaml
+        dump = self.parser.dump(config, skip_none=False, skip_link_targets=True)
+        args = {k: v for k, v in yaml.safe_load(dump).items() if k not in OWN_OPTIONS}
+        args.update(run_name=f"{grid.name}/{cell.name}", seed_everything=cell.seed)
+        args["loop"].update(strategy=cell.strategy, rounds=cell.rounds)
+        if status == "interrupted":
+            # The newest loadable checkpoint; a cell killed before its first one starts again, reusing its
+            # partial scoring pass (see lightning_al.checkpointing.resolve_checkpoint).
+            args["ckpt_path"] = "last"
+        else:
+            args["loop"]["overwrite"] = True
+        return {"subcommand": "fit", "fit": args}
 
 
-def cell_args(config: str, study: str, cell: Cell, status: str, overrides: Sequence[str]) -> list[str]:
-    """The ``lightning-al fit`` arguments of a cell."""
-    run_name = f"{study}/{cell.name}"
-    # The cell's own keys come last: they win over the same keys among the overrides.
-    args = ["fit", f"--config={config}", *overrides, f"--run_name={run_name}", f"--loop.strategy={cell.loop_strategy}",
-            f"--loop.rounds={cell.rounds}", f"--seed_everything={cell.seed}"]
-    if status == "interrupted":
-        # The newest loadable checkpoint; a cell killed before its first one starts again, reusing its
-        # partial scoring pass (see lightning_al.checkpointing.resolve_checkpoint).
-        return [*args, "--ckpt_path=last"]
-    return [*args, "--loop.overwrite=true"]
+def statuses(grid: StudyGrid, grid_cells: list[Cell]) -> list[Status]:
+    """Each cell's status; a cell whose light records are in ``records_dir`` is finished, and a finished run
+    folder's records are copied there."""
+    records = Path(grid.records_dir) if grid.records_dir else None
+    result: list[Status] = []
+    for cell in grid_cells:
+        if records is not None and run_status(records / cell.name, cell.rounds) == "finished":
+            result.append("finished")
+            continue
+        run_dir = run_dir_of(f"{grid.name}/{cell.name}")
+        status = run_status(run_dir, cell.rounds)
+        if status == "finished" and records is not None:
+            save_records(run_dir, records / cell.name)
+        result.append(status)
+    return result
 
 
-@contextlib.contextmanager
-def _own_argv():
-    # LightningCLI warns when given args while sys.argv holds others (the study's own); a cell stopped
-    # by a signal still prints the study's own command as the one that resumes.
-    saved = sys.argv
-    sys.argv = saved[:1]
-    checkpointing.RESUME_ARGV = saved
-    try:
-        yield
-    finally:
-        sys.argv = saved
-        checkpointing.RESUME_ARGV = None
-
-
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="lightning-al study",
-        description="Run a grid of active-learning runs (strategies x rounds x seeds), then report them. "
-        "Arguments after the options (e.g. --trainer.devices=2) go to every `fit`.",
-    )
-    parser.add_argument("--config", required=True, help="A fit config with a `study:` section (the grid).")
-    parser.add_argument("--name", help="Study name: runs go to checkpoints/<name>/ (default: study.name).")
-    parser.add_argument("--strategies", nargs="+", help="Override study.strategies (random, entropy, ...).")
-    parser.add_argument("--rounds", nargs="+", type=int, help="Override study.rounds (the m values).")
-    parser.add_argument("--seeds", nargs="+", type=int, help="Override study.seeds.")
-    parser.add_argument("--cell", type=int, help="Run only this cell (0-based index in --list), e.g. an array job.")
-    parser.add_argument("--list", action="store_true", help="List the cells and their status, run nothing.")
-    parser.add_argument("--records_dir", help="Keep each finished cell's light records (config, rounds, metrics, "
-                        "per-example evaluations) in <records_dir>/<cell>; a cell whose records are there is "
-                        "finished and never re-run, and the report reads them (default: study.records_dir).")
-    parser.add_argument("--report_dir", help="Where the report goes (default: reports/<name>, or "
-                        "<records_dir>/report with records).")
-    parser.add_argument("--no_report", action="store_true", help="Do not write the report at the end.")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> list[Cell]:
+def main(args: ArgsType = None) -> list[Cell]:
     """Run (or list) the study's cells; returns the cells that ran."""
-    options, overrides = _parser().parse_known_args(argv)
-    if any(not o.startswith("--") for o in overrides):
-        raise SystemExit(f"lightning-al study: unexpected arguments {overrides}; fit overrides look like --key=value")
-    config_path = Path(options.config)
-    if not config_path.is_file():
-        raise SystemExit(f"lightning-al study: config {config_path} not found")
-    spec = (yaml.safe_load(config_path.read_text()) or {}).get("study") or {}
-    name = options.name or spec.get("name") or config_path.stem
-    cells = grid(options.strategies or spec.get("strategies", ["random"]), options.rounds or spec.get("rounds", [1]),
-                 options.seeds or spec.get("seeds", [0]))
-    records = options.records_dir or spec.get("records_dir")
-    records_root = Path(records) if records else None
-    statuses = []
-    for cell in cells:
-        run_dir = Path(run_dir_of(f"{name}/{cell.name}"))
-        if records_root is not None and cell_status(records_root / cell.name, cell.rounds) == "finished":
-            statuses.append("finished")
-            continue
-        status = cell_status(run_dir, cell.rounds)
-        if status == "finished" and records_root is not None:
-            save_records(run_dir, records_root / cell.name)
-        statuses.append(status)
-    for i, (cell, status) in enumerate(zip(cells, statuses)):
-        print(f"[{i}] {name}/{cell.name}: {status}")
-    if options.list:
+    cli = StudyCLI(args)
+    config, grid = cli.config, cli.grid()
+    grid_cells = cells(grid)
+    if config.loop.budget is None:
+        raise ValueError("loop.budget: every cell needs the number of examples to annotate (B)")
+    done = statuses(grid, grid_cells)
+    for i, (cell, status) in enumerate(zip(grid_cells, done)):
+        print(f"[{i}] {grid.name}/{cell.name}: {status}")
+    if config.list:
         return []
-    if options.cell is not None and not 0 <= options.cell < len(cells):
-        raise SystemExit(f"lightning-al study: --cell {options.cell} is not in 0..{len(cells) - 1}")
-    chosen = [options.cell] if options.cell is not None else range(len(cells))
+    if config.cell is not None and not 0 <= config.cell < len(grid_cells):
+        raise ValueError(f"--cell {config.cell} is not in 0..{len(grid_cells) - 1}")
+    records = Path(grid.records_dir) if grid.records_dir else None
     ran = []
-    for i in chosen:
-        if statuses[i] == "finished":
+    for i in [config.cell] if config.cell is not None else range(len(grid_cells)):
+        cell = grid_cells[i]
+        if done[i] == "finished":
             continue
-        print(f"== Study {name}: cell {i + 1}/{len(cells)} {cells[i].name} ({statuses[i]})")
-        with _own_argv():
-            fit_main(cell_args(str(config_path), name, cells[i], statuses[i], overrides))
-        if records_root is not None:
-            run_dir = Path(run_dir_of(f"{name}/{cells[i].name}"))
-            if cell_status(run_dir, cells[i].rounds) == "finished":
-                print(f"Records: {save_records(run_dir, records_root / cells[i].name)}")
-        ran.append(cells[i])
-    if options.cell is None and not options.no_report:
-        from lightning_al.report.command import make_report
+        print(f"== Study {grid.name}: cell {i + 1}/{len(grid_cells)} {cell.name} ({done[i]})")
+        fit(cli.cell_config(grid, cell, done[i]))
+        run_dir = run_dir_of(f"{grid.name}/{cell.name}")
+        if records is not None and run_status(run_dir, cell.rounds) == "finished":
+            print(f"Records: {save_records(run_dir, records / cell.name)}")
+        ran.append(cell)
+    if config.cell is None and not config.no_report:
+        from lightning_al.report.command import make_report  # (pandas and matplotlib: only when reporting)
 
-        default_dir = records_root / "report" if records_root is not None else Path("reports") / name
-        sources = [str(records_root)] if records_root is not None else [run_dir_of(name)]
-        report = make_report(sources, options.report_dir or str(default_dir))
-        print(f"Report: {report}")
+        default_dir = records / "report" if records is not None else Path("reports") / grid.name
+        sources = [str(records)] if records is not None else [run_dir_of(grid.name)]
+        print(f"Report: {make_report(sources, config.report_dir or str(default_dir))}")
     return ran

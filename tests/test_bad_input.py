@@ -23,9 +23,15 @@ def no_model_load(monkeypatch):
     monkeypatch.setattr(module, "load_causal_lm", forbidden)
 
 
+def assert_nothing_written(workdir):
+    assert not (workdir / "checkpoints").exists() and not (workdir / "lightning_logs").exists()
+
+
 def test_budget_larger_than_pool(workdir, no_model_load):
     with pytest.raises(ValueError, match=r"loop\.budget \(500\) is larger than the unlabeled pool \(104"):
         main(["fit", *tiny_run_args(workdir, **{"loop.budget": 500})])
+    # Refused after Lightning made the logger's folder: it is removed again, and no config.yaml is written.
+    assert_nothing_written(workdir)
 
 
 @pytest.mark.parametrize(
@@ -40,10 +46,11 @@ def test_impossible_budget_split(workdir, no_model_load, overrides, message):
 
 def test_unknown_strategy_names_the_key(workdir):
     args = tiny_run_args(workdir, **{"loop.strategy": "lightning_al.strategies.NoSuchSampling"})
-    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args], cwd=workdir,
+    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args], check=False, cwd=workdir,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert "loop.strategy" in result.stderr and "NoSuchSampling" in result.stderr
+    assert_nothing_written(workdir)
 
 
 def test_field_mapping_to_missing_column(workdir, no_model_load):
@@ -64,6 +71,7 @@ def test_missing_file(workdir, no_model_load):
                                      "data.pool.init_args.path": str(workdir / "nope.jsonl")})
     with pytest.raises(DataValidationError, match="nope.jsonl"):
         main(["fit", *args])
+    assert_nothing_written(workdir)
 
 
 def test_empty_response_names_the_row(workdir, no_model_load):
@@ -106,16 +114,23 @@ def test_empty_evaluation_set(workdir, no_model_load):
 
 def test_fresh_run_does_not_overwrite_an_earlier_one(workdir):
     main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 1, "loop.epochs_per_round": 1})])
+    config = (workdir / "checkpoints" / "tiny" / "config.yaml").read_text()
+    logs = {p: p.read_bytes() for p in (workdir / "lightning_logs").rglob("*") if p.is_file()}
     with pytest.raises(FileExistsError, match="--ckpt_path last"):
-        main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 1, "loop.epochs_per_round": 1})])
+        main(["fit", *tiny_run_args(workdir, **{"loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 30})])
+    # The refused run leaves the earlier run's config and TensorBoard folder as they were.
+    assert (workdir / "checkpoints" / "tiny" / "config.yaml").read_text() == config and "budget: 40" in config
+    assert {p: p.read_bytes() for p in (workdir / "lightning_logs").rglob("*") if p.is_file()} == logs
 
 
-@pytest.mark.parametrize("config", ["llama-3.2-1b-instruct.yaml", "study-llama-3.2-1b.yaml"])
-def test_reference_config_prints_offline(config):
+@pytest.mark.parametrize("configs", [["llama-3.2-1b-instruct.yaml"],
+                                     ["llama-3.2-1b-instruct.yaml", "study-llama-3.2-1b.yaml"]])  # the study layers
+def test_reference_config_prints_offline(configs):
     result = subprocess.run(
-        [sys.executable, "-m", "lightning_al", "fit", "--config", f"configs/{config}", "--print_config"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-m", "lightning_al", "fit", *(f"--config=configs/{c}" for c in configs), "--print_config"],
+        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "meta-llama/Llama-3.2-1B-Instruct" in result.stdout
     assert "budget: 50000" in result.stdout and "rounds: 2" in result.stdout and "cais/mmlu" in result.stdout
+    assert ("study:\n  name: llama-3.2-1b\n" in result.stdout) == (len(configs) == 2)

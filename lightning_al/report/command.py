@@ -1,4 +1,4 @@
-"""``lightning-al report RUN_DIRS... --out DIR``: the tables, figures and report.md of a study's runs."""
+"""``lightning-al report RUN_DIRS... [--out DIR]``: the tables, figures and report.md of a study's runs."""
 
 from __future__ import annotations
 
@@ -204,10 +204,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIRS",
                         help="run directories (with config.yaml and rounds/) or folders that contain them")
-    parser.add_argument("--out", default="reports", help="output folder (default: %(default)s)")
+    parser.add_argument("--out", help="output folder (default: reports/<name of the first RUN_DIRS folder>, e.g. "
+                        "reports/mini for checkpoints/mini, so that each study's report has its own folder)")
     args = parser.parse_args(argv)
+    out = args.out or str(Path("reports") / Path(args.run_dirs[0]).resolve().name)
     try:
-        report = make_report(args.run_dirs, args.out)
+        report = make_report(args.run_dirs, out)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"Report written to {report} (tables and plots/ beside it)")
