@@ -1,5 +1,7 @@
 """Answer extraction and exact match on realistic chain-of-thought outputs (BBH conventions)."""
 
+from collections import Counter
+
 import pytest
 
 from lightning_al.evaluation.answers import (
@@ -11,7 +13,10 @@ from lightning_al.evaluation.answers import (
     reference_answer,
     truncate_at_stop,
 )
-from lightning_al.evaluation.bbh import BBH_STOP_STRINGS
+from lightning_al.evaluation.bbh import BBH_STOP_STRINGS, load_bbh
+from tests.conftest import SHARED
+
+BBH = SHARED / "data" / "bbh"
 
 # (model output, extracted answer, BBH-style target, exact match)
 TABLE = [
@@ -75,8 +80,17 @@ def test_extract_and_exact_match(output, extracted, target, match):
     assert exact_match(extract_answer(output), target) is match
 
 
-def test_table_is_large_enough():
-    assert len(TABLE) >= 15
+@pytest.mark.skipif(not BBH.exists(), reason="needs ../shared/data/bbh")
+def test_every_bbh_target_stated_as_the_exemplars_state_answers_is_extracted_and_matched():
+    """All 527 distinct BBH targets ("(A)", "] ) }", "valid", "10/05/2015", ...) survive extraction and
+    match themselves, and no other target (but a case variant of the same answer)."""
+    targets = sorted({row["target"] for row in load_bbh(BBH)})
+    variants = Counter(normalize_answer(target) for target in targets)
+    assert len(targets) > 500
+    for target in targets:
+        predicted = extract_answer(f"Step by step, we get there.\nSo the answer is {target}.")
+        assert exact_match(predicted, target), target
+        assert sum(exact_match(predicted, other) for other in targets) == variants[normalize_answer(target)], target
 
 
 def test_normalize_answer_keeps_punctuation():

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 
+from lightning_al.evaluation.answers import extract_answer, truncate_at_stop
 from lightning_al.evaluation.bbh import (
     BBH_STOP_STRINGS,
     COT_TRIGGER,
@@ -91,8 +92,18 @@ def test_unknown_task_names_it_and_lists_the_available_ones():
         load_bbh(BBH, ["navigate", "no_such_task"])
 
 
-def test_stop_strings():
-    assert BBH_STOP_STRINGS == ("Q:", "\n\n")
+@needs_bbh
+def test_stop_strings_end_a_generation_after_its_answer_never_inside_its_reasoning():
+    """A model that reasons like an exemplar and goes on with a question of its own is cut right after
+    its answer; no exemplar's reasoning (most span several lines) holds a stop string."""
+    for task in list_bbh_tasks(BBH):
+        exemplars = load_cot_prompt(BBH, task).split("\n\nQ: ")[1:]
+        assert len(exemplars) == 3, task
+        for i, exemplar in enumerate(exemplars):
+            reasoning = exemplar.split("\nA: " + COT_TRIGGER)[1]
+            continued = reasoning + "\n\nQ: " + exemplars[(i + 1) % 3]
+            assert truncate_at_stop(continued, BBH_STOP_STRINGS) == reasoning, (task, i)
+            assert extract_answer(reasoning) is not None, (task, i)
 
 
 def write_task(folder, task, examples, prompt="canary line\n-----\nDescribe.\n\nQ: 1?\nA: Let's think step by step.\n"):
