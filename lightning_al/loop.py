@@ -46,6 +46,7 @@ class ActiveLearningLoop(Callback):
 
     Args:
         budget: Total number of examples to annotate (B). Round r acquires floor(B/m), plus one for r < B mod m.
+            Required by fit; validate / test / predict acquire nothing and do not need it.
         rounds: Number of acquisition / retraining rounds (m >= 1). Round 0 uses the initial model.
         strategy: Acquisition strategy: a short name (random, entropy, confidence, margin, min_margin,
             max_entropy, kcenter, facility, power-entropy, softmax-confidence, task-balanced, ...; see
@@ -63,7 +64,7 @@ class ActiveLearningLoop(Callback):
 
     def __init__(
         self,
-        budget: int,
+        budget: int | None = None,
         rounds: int = 1,
         strategy: AcquisitionStrategy | str | None = None,
         retraining: RetrainingPolicy = "scratch",
@@ -79,7 +80,7 @@ class ActiveLearningLoop(Callback):
             raise ValueError(f"loop.epochs_per_round must be >= 1, got {epochs_per_round}")
         if diversity_sample < 0:
             raise ValueError(f"loop.diversity_sample must be >= 0 (0: off), got {diversity_sample}")
-        self.sizes = round_sizes(budget, rounds)
+        self.sizes = round_sizes(budget, rounds) if budget is not None else []
         self.budget = budget
         self.rounds = rounds
         if isinstance(strategy, str):
@@ -113,6 +114,8 @@ class ActiveLearningLoop(Callback):
         dm = trainer.datamodule
         if not isinstance(dm, ActiveLearningDataModule):
             raise TypeError("ActiveLearningLoop needs an ActiveLearningDataModule as the trainer's datamodule")
+        if self.budget is None:
+            raise ValueError("loop.budget: fit needs the number of examples to annotate (B), e.g. --loop.budget=1000")
         if self.budget > dm.num_candidates:
             raise ValueError(
                 f"loop.budget ({self.budget}) is larger than the unlabeled pool ({dm.num_candidates} examples "
@@ -205,7 +208,7 @@ class ActiveLearningLoop(Callback):
         if (trainer.current_epoch + 1) % self.epochs_per_round:
             return
         finished = (trainer.current_epoch + 1) // self.epochs_per_round - 1
-        # The round's cost is counted before its (untimed) diversity pass, as its rows are written after it.
+        # The round's wall time stops before its diversity pass (the next round's wall seconds hold it).
         self.recorder.round_trained(trainer, pl_module, finished, self.epochs_per_round)
         selection = None if self.diversity is None else self.diversity.measure(trainer, pl_module, finished, self.seed)
         self.recorder.round_evaluated(trainer, pl_module, finished, selection)

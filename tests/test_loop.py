@@ -13,6 +13,7 @@ from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.cli import main
 from lightning_al.loop import ActiveLearningLoop
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
+from lightning_al.recording import NO_COST
 from lightning_al.strategies import round_sizes
 from tests.conftest import TINY_LLAMA, tiny_run_args
 from tests.helpers import Crash, read_rounds
@@ -82,7 +83,7 @@ def test_resume_matches_uninterrupted_run(workdir, crash_epoch):
     reference = main(["fit", *tiny_run_args(workdir, run_name="reference")])
     ref_ids, ref_loss = _final(reference)
 
-    crash = '{"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": %d}}' % crash_epoch
+    crash = json.dumps({"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": crash_epoch}})
     with pytest.raises(Crash):
         main(["fit", *tiny_run_args(workdir, run_name="resumed"), f"--trainer.callbacks=[{crash}]"])
     resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed"), "--ckpt_path=last"])
@@ -105,3 +106,30 @@ def test_settings_that_resume_depends_on_are_checked(tmp_path):
                           ({"callbacks": [RunCheckpoint(str(tmp_path / "elsewhere"))]}, "dirpath")]:
         with pytest.raises(ValueError, match=message):
             check(**args)
+
+
+def test_checkpoint_state_keeps_its_layout(tmp_path):
+    """The loop's checkpoint state is laid out as in every checkpoint written so far (the cost counters, now
+    kept by its recorder, under ``cost``): an older checkpoint resumes, a counter it lacks starting at 0."""
+    loop = ActiveLearningLoop(budget=4, run_dir=str(tmp_path))
+    assert set(loop.state_dict()) == {"round", "ended", "seed", "cost", "rng"}
+    old = {**loop.state_dict(), "round": 2, "ended": 1, "seed": 5, "cost": {"tokens_scored": 3.0, "wall_seconds": 7.5}}
+    resumed = ActiveLearningLoop(budget=4, run_dir=str(tmp_path))
+    resumed.load_state_dict(old)
+    assert (resumed.round, resumed.ended, resumed.seed) == (2, 1, 5)
+    assert resumed.state_dict()["cost"] == {**NO_COST, "tokens_scored": 3.0, "wall_seconds": 7.5}
+    del old["ended"]  # older still: written before the loop counted ended rounds
+    resumed.load_state_dict(old)
+    assert resumed.ended == 1
+
+
+def test_fresh_run_does_not_warn_about_its_checkpoint_folder(workdir, recwarn):
+    """A fresh run's folder is empty when checkpoint callbacks check it, so even a ModelCheckpoint kept in the
+    run folder besides RunCheckpoint does not warn "Checkpoint directory ... exists and is not empty"."""
+    best = {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {"dirpath": "checkpoints/tiny", "filename": "best", "monitor": "heldout/loss"}}
+    options = {"loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 8, "loop.diversity_sample": 0}
+    main(["fit", *tiny_run_args(workdir, **options), f"--trainer.callbacks=[{json.dumps(best)}]"])
+    run_dir = workdir / "checkpoints" / "tiny"
+    assert (run_dir / "best.ckpt").exists() and (run_dir / "config.yaml").exists()
+    assert not [str(w.message) for w in recwarn if "Checkpoint directory" in str(w.message)]

@@ -27,7 +27,7 @@ SHORT_ANSWERS = '[{"class_path": "lightning_al.evaluation.HeldOutAnswers", "init
 
 DRIVER = textwrap.dedent("""
     import json, os, sys, traceback
-    import lightning_al.cli  # imported once; every run is a forked child
+    import lightning_al.cli, lightning_al.commands  # imported once; every run is a forked child
     for line in sys.stdin:
         log, argv = json.loads(line)
         pid = os.fork()
@@ -38,7 +38,7 @@ DRIVER = textwrap.dedent("""
             sys.argv = argv
             code = 0
             try:
-                lightning_al.cli.entry_point()
+                lightning_al.commands.main()
             except SystemExit as stop:
                 code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
             except BaseException:
