@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
-import os
 from functools import cached_property
 from pathlib import Path
 
@@ -22,16 +20,12 @@ from lightning_al.data.batching import (
     length_sorted,
     token_budget_batches,
 )
-from lightning_al.data.formatting import tokenize_batch
 from lightning_al.data.sources import PoolSource, SyntheticTasks
+from lightning_al.data.tokenized_pool import PoolTokenization
 from lightning_al.evaluation import Evaluation, EvaluationPass, HeldOutAnswers, HeldOutLoss
 from lightning_al.model.loading import CHAR_TOKENIZER, load_tokenizer
 
-log = logging.getLogger(__name__)
-
 UNLABELED = -1
-_FORMAT_VERSION = "3"  # bump when tokenize_example changes, to invalidate old caches
-_TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
 
 
 class ActiveLearningDataModule(LightningDataModule):
@@ -197,64 +191,9 @@ class ActiveLearningDataModule(LightningDataModule):
         return self._raw
 
     def _tokenized_pool(self) -> datasets.Dataset:
-        raw = self._raw_pool()
-        kwargs = {"tokenizer": self.tokenizer, "max_length": self.max_length,
-                  "max_prompt_length": self.max_prompt_length}
-        # Keyed on the pool's contents (not its path), so an edited file is tokenized again.
-        key = "|".join(
-            [_FORMAT_VERSION, _table_digest(raw.data.table), self.tokenizer_name, str(len(self.tokenizer)),
-             str(self.tokenizer.chat_template), str(self.max_length), str(self.max_prompt_length)]
-        )
-        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-        if not any(self.cache_dir.glob(f"tokenized-{digest}*.arrow")):  # (with num_proc: one file per process)
-            self._check_truncation_sample(raw, kwargs)
-        self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tokenized = raw.map(
-            tokenize_batch,
-            batched=True,
-            fn_kwargs=kwargs,
-            # The response stays for held-out answer matching; unlabeled ones are never served.
-            remove_columns=["system", "prompt"],
-            num_proc=self._num_proc(len(raw)),
-            cache_file_name=str(self.cache_dir / f"tokenized-{digest}.arrow"),
-            load_from_cache_file=True,
-            desc="Tokenizing the pool",
-        )
-        fraction = float(np.mean(tokenized["truncated"])) if len(tokenized) else 0.0
-        if fraction > self.max_truncated_fraction:
-            raise ValueError(self._truncation_message(fraction, len(tokenized), ""))
-        return tokenized
-
-    def _num_proc(self, rows: int) -> int | None:
-        if self.num_proc is not None:
-            return self.num_proc if self.num_proc > 1 else None
-        # Worker start-up costs about a second: worth it only for large pools.
-        procs = min(os.cpu_count() or 1, rows // 10_000)
-        return procs if procs > 1 else None
-
-    def _check_truncation_sample(self, raw: datasets.Dataset, kwargs: dict) -> None:
-        """Fail in seconds, before a long tokenization, when a sample says most of the pool would be cut."""
-        if self.max_truncated_fraction >= 1.0 or len(raw) == 0:
-            return
-        rng = np.random.default_rng(self.split_seed)
-        sample = np.sort(rng.choice(len(raw), min(_TRUNCATION_SAMPLE, len(raw)), replace=False))
-        # Untruncated lengths, so that the message can say what max_length would fit.
-        rows = tokenize_batch(raw.select(sample)[:], **{**kwargs, "max_length": 2**62, "max_prompt_length": 2**61})
-        prompt, total = np.asarray(rows["prompt_length"]), np.asarray(rows["prompt_length"]) + rows["response_length"]
-        fraction = float(np.mean((prompt > self.max_prompt_length) | (total > self.max_length)))
-        if fraction > self.max_truncated_fraction:
-            where = f" (from a seeded sample of {len(sample)})" if len(sample) < len(raw) else ""
-            lengths = (f" Prompt tokens: median {np.median(prompt):.0f}, 90th percentile {np.percentile(prompt, 90):.0f};"
-                       f" prompt + response: median {np.median(total):.0f}, 90th percentile {np.percentile(total, 90):.0f}.")
-            raise ValueError(self._truncation_message(fraction, len(raw), where) + lengths)
-
-    def _truncation_message(self, fraction: float, n: int, where: str) -> str:
-        return (
-            f"data.max_length={self.max_length} / data.max_prompt_length={self.max_prompt_length}: "
-            f"{100 * fraction:.0f}% of the pool's {n} examples{where} would be truncated, more than "
-            f"data.max_truncated_fraction={self.max_truncated_fraction} ({self.source.describe()}). "
-            f"Raise data.max_length (and data.max_prompt_length), or data.max_truncated_fraction to accept it."
-        )
+        tokenize = PoolTokenization(self.tokenizer, self.tokenizer_name, self.max_length, self.max_prompt_length,
+                                    self.max_truncated_fraction, self.cache_dir, self.num_proc)
+        return tokenize(self._raw_pool(), sample_seed=self.split_seed, source=self.source.describe())
 
     def _log_pool_summary(self) -> None:
         truncated = int(np.sum(self.pool["truncated"]))
@@ -417,12 +356,3 @@ class ActiveLearningDataModule(LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
 
-
-def _table_digest(table) -> str:
-    digest = hashlib.sha256()
-    for column in table.columns:
-        for chunk in column.chunks:
-            for buffer in chunk.buffers():
-                if buffer is not None:
-                    digest.update(memoryview(buffer))
-    return digest.hexdigest()

@@ -1,4 +1,11 @@
-"""The LightningModule: a causal LM with a LoRA adapter, trained on responses only."""
+"""The LightningModule: a causal LM with a LoRA adapter, trained on responses only.
+
+Validation runs the DataModule's evaluation passes (``lightning_al.evaluation``: the held-out loss and
+the evaluation sets), one per named validation dataloader, always in the same order: each batch goes
+to its pass, and after its loader's last batch the pass's metrics are computed and logged within that
+dataloader, so each metric is logged (and shown by ``validate``) once. The passes' metric states are
+children of this module, so Lightning moves them and torchmetrics syncs them across processes.
+"""
 
 from __future__ import annotations
 
@@ -110,6 +117,7 @@ class LoRALanguageModel(LightningModule):
         return self._tokenizer
 
     def setup(self, stage: str) -> None:
+        # (A Trainer given plain dataloaders, as in the benchmarks' predict runs, has no evaluation passes.)
         passes = getattr(self.trainer.datamodule, "evaluation_passes", {})
         self.evaluations = list(passes.values())
         # Children of this module: Lightning moves the metric states with it, torchmetrics syncs them.

@@ -22,7 +22,7 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     assert list((tmp_path / "lightning_al").glob("tokenized-*.arrow"))
     calls = []
     original = formatting.tokenize_batch
-    monkeypatch.setattr("lightning_al.datamodule.tokenize_batch",
+    monkeypatch.setattr("lightning_al.data.tokenized_pool.tokenize_batch",
                         lambda *a, **k: calls.append(1) or original(*a, **k))
     make(tmp_path)
     assert calls == [], "a second setup tokenized the pool again"

@@ -1,0 +1,112 @@
+"""The pool tokenized once: a cache keyed on the pool's contents, the tokenizer and the lengths (so it is
+reused across runs and never stale), and a check that fails before training, in seconds when it can, when
+a max_length set for another dataset would cut most of the pool."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+import numpy as np
+from transformers import PreTrainedTokenizerBase
+
+from lightning_al.data.formatting import tokenize_batch
+
+_FORMAT_VERSION = "3"  # bump when tokenize_example changes, to invalidate old caches
+_TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
+
+
+@dataclass(frozen=True)
+class PoolTokenization:
+    """How a pool is tokenized (the ``data.*`` settings of the same names).
+
+    Attributes:
+        tokenizer: The tokenizer; ``tokenizer_name`` (its hub id, folder or ``char``) is part of the cache key.
+        max_length: Maximum tokens of prompt + response; longer examples are truncated.
+        max_prompt_length: Maximum prompt tokens.
+        max_truncated_fraction: Fail when more than this fraction of the pool would be truncated.
+        cache_dir: Folder of ``tokenized-<hash>.arrow``.
+        num_proc: Tokenizing processes (None: one per 10,000 examples, at most one per CPU core).
+    """
+
+    tokenizer: PreTrainedTokenizerBase
+    tokenizer_name: str
+    max_length: int
+    max_prompt_length: int
+    max_truncated_fraction: float
+    cache_dir: Path
+    num_proc: int | None = None
+
+    def __call__(self, raw: datasets.Dataset, sample_seed: int, source: str) -> datasets.Dataset:
+        """``raw`` (columns id, task, system, prompt, response) tokenized, from the cache when it is there.
+        ``sample_seed`` draws the truncation check's sample; ``source`` names the pool in errors."""
+        kwargs = {"tokenizer": self.tokenizer, "max_length": self.max_length,
+                  "max_prompt_length": self.max_prompt_length}
+        # Keyed on the pool's contents (not its path), so an edited file is tokenized again.
+        key = "|".join(
+            [_FORMAT_VERSION, _table_digest(raw.data.table), self.tokenizer_name, str(len(self.tokenizer)),
+             str(self.tokenizer.chat_template), str(self.max_length), str(self.max_prompt_length)]
+        )
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        if not any(self.cache_dir.glob(f"tokenized-{digest}*.arrow")):  # (with num_proc: one file per process)
+            self._check_truncation_sample(raw, kwargs, sample_seed, source)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tokenized = raw.map(
+            tokenize_batch,
+            batched=True,
+            fn_kwargs=kwargs,
+            # The response stays for held-out answer matching; unlabeled ones are never served.
+            remove_columns=["system", "prompt"],
+            num_proc=self._num_proc(len(raw)),
+            cache_file_name=str(self.cache_dir / f"tokenized-{digest}.arrow"),
+            load_from_cache_file=True,
+            desc="Tokenizing the pool",
+        )
+        fraction = float(np.mean(tokenized["truncated"])) if len(tokenized) else 0.0
+        if fraction > self.max_truncated_fraction:
+            raise ValueError(self._truncation_message(fraction, len(tokenized), "", source))
+        return tokenized
+
+    def _num_proc(self, rows: int) -> int | None:
+        if self.num_proc is not None:
+            return self.num_proc if self.num_proc > 1 else None
+        # Worker start-up costs about a second: worth it only for large pools.
+        procs = min(os.cpu_count() or 1, rows // 10_000)
+        return procs if procs > 1 else None
+
+    def _check_truncation_sample(self, raw: datasets.Dataset, kwargs: dict, seed: int, source: str) -> None:
+        """Fail in seconds, before a long tokenization, when a sample says most of the pool would be cut."""
+        if self.max_truncated_fraction >= 1.0 or len(raw) == 0:
+            return
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(len(raw), min(_TRUNCATION_SAMPLE, len(raw)), replace=False))
+        # Untruncated lengths, so that the message can say what max_length would fit.
+        rows = tokenize_batch(raw.select(sample)[:], **{**kwargs, "max_length": 2**62, "max_prompt_length": 2**61})
+        prompt, total = np.asarray(rows["prompt_length"]), np.asarray(rows["prompt_length"]) + rows["response_length"]
+        fraction = float(np.mean((prompt > self.max_prompt_length) | (total > self.max_length)))
+        if fraction > self.max_truncated_fraction:
+            where = f" (from a seeded sample of {len(sample)})" if len(sample) < len(raw) else ""
+            lengths = (f" Prompt tokens: median {np.median(prompt):.0f}, 90th percentile {np.percentile(prompt, 90):.0f};"
+                       f" prompt + response: median {np.median(total):.0f}, 90th percentile {np.percentile(total, 90):.0f}.")
+            raise ValueError(self._truncation_message(fraction, len(raw), where, source) + lengths)
+
+    def _truncation_message(self, fraction: float, n: int, where: str, source: str) -> str:
+        return (
+            f"data.max_length={self.max_length} / data.max_prompt_length={self.max_prompt_length}: "
+            f"{100 * fraction:.0f}% of the pool's {n} examples{where} would be truncated, more than "
+            f"data.max_truncated_fraction={self.max_truncated_fraction} ({source}). "
+            f"Raise data.max_length (and data.max_prompt_length), or data.max_truncated_fraction to accept it."
+        )
+
+
+def _table_digest(table) -> str:
+    digest = hashlib.sha256()
+    for column in table.columns:
+        for chunk in column.chunks:
+            for buffer in chunk.buffers():
+                if buffer is not None:
+                    digest.update(memoryview(buffer))
+    return digest.hexdigest()
