@@ -11,7 +11,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from lightning_al.cli import main
 from lightning_al.data.batching import CausalLMCollator
-from lightning_al.evaluation import MultipleChoice
+from lightning_al.datamodule import ActiveLearningDataModule
+from lightning_al.evaluation import HeldOutAnswers, MultipleChoice
 from lightning_al.evaluation.likelihood import choice_logprobs
 from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
 from lightning_al.model.inference import greedy_generate
@@ -180,6 +181,15 @@ def check_each_metric_once(printed, cli, prefix_of_loader):
     for result, prefix in zip(results, prefix_of_loader.values()):
         assert result and all(key.startswith(prefix + "/") for key in result)
     assert sum(len(result) for result in results) == len(set().union(*results))  # no metric twice
+
+
+def test_an_evaluation_name_names_one_dataloader_file_and_metric_prefix():
+    with pytest.raises(ValueError, match="without '/' or '.'"):
+        HeldOutAnswers(name="held/out")
+    with pytest.raises(ValueError, match="'heldout_loss' is the held-out loss's"):
+        ActiveLearningDataModule(evaluations=[HeldOutAnswers(name="heldout_loss")])
+    with pytest.raises(ValueError, match="its own non-empty name"):
+        ActiveLearningDataModule(evaluations=[HeldOutAnswers(), HeldOutAnswers()])
 
 
 def test_example_mean_of_no_example_is_nan():
