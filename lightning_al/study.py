@@ -122,7 +122,8 @@ def main(args: ArgsType = None) -> list[Cell]:
     config, grid = cli.config, cli.grid()
     grid_cells = cells(grid)
     if config.loop.budget is None:
-        raise ValueError("loop.budget: every cell needs the number of examples to annotate (B)")
+        raise ValueError("loop.budget: every cell needs the number of examples to annotate (B); a study config "
+                         "holding only its grid goes after its base: --config base.yaml --config study.yaml")
     done = statuses(grid, grid_cells)
     for i, (cell, status) in enumerate(zip(grid_cells, done)):
         print(f"[{i}] {grid.name}/{cell.name}: {status}")
