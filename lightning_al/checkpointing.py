@@ -42,11 +42,6 @@ Retention = Literal["rounds", "epochs", "last"]
 
 LAST = "last.ckpt"
 
-#: The command line ``resume_command`` starts from when it is not this process's ``sys.argv`` (the
-#: study command while it runs a cell).
-RESUME_ARGV: list[str] | None = None
-
-
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded (truncated, corrupt, or not a checkpoint)."""
 
@@ -335,7 +330,7 @@ def resolve_checkpoint(run_dir: str | Path, ckpt_path: str | Path | None) -> str
 def resume_command(argv: list[str] | None = None) -> str:
     """The command line that resumes this process's run: the same command plus ``--ckpt_path last``
     (a study resumes its cells by itself, so its command stays as it is)."""
-    argv = list(argv if argv is not None else RESUME_ARGV or sys.argv)
+    argv = list(argv if argv is not None else sys.argv)
     program = Path(argv[0]).name if argv else ""
     if program == "lightning-al":
         command = ["lightning-al"]
