@@ -65,7 +65,9 @@ class ActiveLearningDataModule(LightningDataModule):
             then trains one task after another), as in the demo.
         cache_dir: Folder of the tokenized-pool cache: ``<cache_dir>/lightning_al/tokenized-<hash>.arrow``,
             keyed on the pool's contents, the tokenizer and the lengths, so it is reused across runs and
-            never stale. Default: the datasets cache (``$HF_DATASETS_CACHE``, which is
+            never stale; and of the validated pool of a file / hub / FLAN source,
+            ``<cache_dir>/lightning_al/pools/pool-<hash>.arrow``, which set-up memory-maps instead of holding
+            the pool in memory. Default: the datasets cache (``$HF_DATASETS_CACHE``, which is
             ``~/.cache/huggingface/datasets`` unless ``HF_HOME`` or ``HF_DATASETS_CACHE`` move it).
         evaluations: Evaluation sets run at the end of every round, after the held-out loss /
             perplexity (``class_path`` of ``lightning_al.evaluation.HeldOutAnswers``,
@@ -181,7 +183,7 @@ class ActiveLearningDataModule(LightningDataModule):
     def _raw_pool(self) -> datasets.Dataset:
         """The source's pool, cut to ``max_pool_size`` before anything is tokenized (loaded once)."""
         if self._raw is None:
-            raw = self.source.load()
+            raw = self.source.load(cache_dir=self.cache_dir / "pools")  # memory-mapped from there
             rng = np.random.default_rng(self.split_seed)
             if self.max_pool_size is not None and self.max_pool_size < len(raw):
                 # The same draw as a subset of the tokenized pool would be: the split does not change.

@@ -1,10 +1,12 @@
 """The DataModule: tokenization cache, held-out split, state round trip, batching."""
 
+import json
+
 import numpy as np
 import pytest
 
 from lightning_al.data import formatting
-from lightning_al.data.sources import FlanCoT, SyntheticTasks
+from lightning_al.data.sources import FlanCoT, LocalFile, SyntheticTasks
 from lightning_al.datamodule import ActiveLearningDataModule
 from tests.conftest import SHARED
 
@@ -61,3 +63,35 @@ def test_flan_cot_pool_truncation_is_counted(tmp_path):
     lengths = dm.prompt_lengths + dm.response_lengths
     assert truncated.any() and (lengths <= 128).all()
     assert (dm.prompt_lengths <= dm.max_prompt_length).all()
+
+
+def _synthetic_file(path, **kwargs):
+    rows = SyntheticTasks(**kwargs).load().to_list()
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_a_file_pool_is_set_up_from_disk_like_the_same_pool_in_memory(tmp_path):
+    """The same examples from a file (streamed to an Arrow file) and from memory: the same max_pool_size
+    subset, the same held-out split, the same token ids."""
+    spec = {"num_examples": 80, "max_length": 6, "seed": 3}
+    path = _synthetic_file(tmp_path / "pool.jsonl", **spec)
+    from_file = make(tmp_path / "a", pool=LocalFile(str(path)), max_pool_size=50)
+    in_memory = make(tmp_path / "b", pool=SyntheticTasks(**spec), max_pool_size=50)
+    assert len(from_file.pool) == 50 and (from_file.ids == in_memory.ids).all()
+    assert (from_file.held_out == in_memory.held_out).all()
+    assert from_file.pool["input_ids"] == in_memory.pool["input_ids"]
+    # Memory-mapped from the cache folder: the parsed pool is not held in the process.
+    pools = tmp_path / "a" / "lightning_al" / "pools"
+    assert {f["filename"].rsplit("/", 1)[0] for f in from_file._raw_pool().cache_files} == {str(pools)}
+
+
+def test_an_edited_pool_file_is_tokenized_again(tmp_path):
+    path = _synthetic_file(tmp_path / "pool.jsonl", num_examples=30, max_length=6)
+    before = make(tmp_path, pool=LocalFile(str(path)))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    rows[3]["response"] = "zzz"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    after = make(tmp_path, pool=LocalFile(str(path)))
+    assert after.pool[3]["response"] == "zzz" != before.pool[3]["response"]
+    assert len(list((tmp_path / "lightning_al").glob("tokenized-*.arrow"))) == 2

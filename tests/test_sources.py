@@ -1,12 +1,16 @@
 import json
 import logging
+import random
 import re
+import tracemalloc
 from pathlib import Path
 
+import datasets
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from datasets.table import MemoryMappedTable
 
 from lightning_al.data.sources import (
     POOL_COLUMNS,
@@ -27,6 +31,12 @@ ROWS = [
     {"uid": 12, "question": "Say NA", "answer": "NA", "sys": ""},
 ]
 MAPPING = {"id": "uid", "prompt": "question", "response": "answer", "system": "sys"}
+
+
+@pytest.fixture(autouse=True)
+def _caches_in_tmp(tmp_path, monkeypatch):
+    """Pools' Arrow files (``load()`` without a cache_dir) and datasets' caches go to the test's folder."""
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "hf-cache"))
 
 
 def _chat(prompt: str, response: str, system: str | None = None) -> list[dict[str, str]]:
@@ -417,3 +427,99 @@ def test_jsonl_rows_may_hold_unicode_line_separators(tmp_path):
     path.write_text("".join(_json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     loaded = LocalFile(str(path)).load()
     assert loaded["prompt"] == ["x\u0085y", "p"] and loaded["response"] == ["r\u2028s", "q"]
+
+
+# --- pools streamed to an Arrow file on disk ----------------------------------------------------
+
+
+def test_local_file_pool_is_a_memory_mapped_arrow_file_named_by_its_contents(tmp_path):
+    path = _write_jsonl(tmp_path / "qa.jsonl", ROWS)
+    folder = tmp_path / "pools"
+    pool = LocalFile(str(path), fields=MAPPING).load(cache_dir=folder)
+    assert isinstance(pool.data, MemoryMappedTable)
+    [file] = [Path(entry["filename"]) for entry in pool.cache_files]
+    assert file.parent == folder and pool["response"] == ["4", "Paris", "NA"]
+    # Read again: the same file, nothing added (no copy per run, no temporary file left).
+    assert LocalFile(str(path), fields=MAPPING).load(cache_dir=folder).cache_files == pool.cache_files
+    assert list(folder.iterdir()) == [file]
+    # Edited: another file, with the new contents.
+    _write_jsonl(path, [{**ROWS[0], "answer": "four"}, *ROWS[1:]])
+    edited = LocalFile(str(path), fields=MAPPING).load(cache_dir=folder)
+    assert edited.cache_files != pool.cache_files and edited["response"] == ["four", "Paris", "NA"]
+    # Without a cache_dir: beside datasets' caches.
+    default = LocalFile(str(path), fields=MAPPING).load()
+    assert Path(default.cache_files[0]["filename"]).parent == tmp_path / "hf-cache" / "lightning_al" / "pools"
+
+
+def _big_pool_rows(rows: int) -> list[dict[str, str]]:
+    rng = random.Random(0)
+    words = ("the", "of", "and", "to", "in", "is", "was", "for", "on", "that", "with", "answer", "question")
+    return [
+        {"id": f"ex-{i}", "prompt": " ".join(rng.choices(words, k=220)), "response": " ".join(rng.choices(words, k=40))}
+        for i in range(rows)
+    ]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_local_file_pool_is_streamed_not_held_in_python(tmp_path, suffix):
+    """Reading, validating and writing an 18 MB pool allocates a fraction of it in Python (a chunk of rows,
+    and each row's id to check they are unique). Holding it (its text, a dict per row, column lists)
+    took 4-6 times the file."""
+    path = tmp_path / f"big{suffix}"
+    _write_table(path, _big_pool_rows(16_000))
+    size = path.stat().st_size
+    tracemalloc.start()
+    try:
+        pool = LocalFile(str(path)).load(cache_dir=tmp_path / "pools")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(pool) == 16_000 and pool[15_999]["id"] == "ex-15999"
+    assert peak < size / 2, f"peak Python allocations {peak / 2**20:.1f} MiB for a {size / 2**20:.1f} MiB file"
+
+
+def test_errors_deep_in_a_streamed_file_name_the_line_and_leave_no_file(tmp_path, caplog):
+    rows = [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(2500)]
+    rows[2100]["response"] = " "
+    lines = [json.dumps(row) for row in rows]
+    lines[10] = '{"prompt": "p10", "response": '
+    lines.insert(1500, "")  # rows from 1500 on are one line further down
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    folder = tmp_path / "pools"
+    with pytest.raises(DataValidationError, match=r"big\.jsonl: row 10 \(line 11\): not valid JSON"):
+        LocalFile(str(path)).load(cache_dir=folder)
+    lines[10] = json.dumps(rows[10])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataValidationError, match=r"big\.jsonl: row 2100 \(line 2102, id 'big-2100'\): response is empty"):
+        LocalFile(str(path)).load(cache_dir=folder)
+    assert list(folder.iterdir()) == []  # a failed pool leaves no file, complete or not
+    lines[10] = "[1]"
+    path.write_text("\n".join(lines) + "\n")
+    with caplog.at_level(logging.WARNING):
+        pool = LocalFile(str(path), drop_invalid=True).load(cache_dir=folder)
+    assert len(pool) == 2498 and "big-10" not in pool["id"] and pool[-1]["id"] == "big-2499"
+    assert "dropped 2 of 2500 rows" in caplog.text and "(rows 10)" in caplog.text and "(rows 2100)" in caplog.text
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_non_utf8_byte_deep_in_a_file_names_its_line(tmp_path, suffix):
+    path = tmp_path / f"latin{suffix}"
+    _write_table(path, [{"prompt": f"p{i}", "response": f"r{i}"} for i in range(5000)])
+    lines = path.read_bytes().split(b"\n")
+    lines[4000] = lines[4000].replace(b"p", b"caf\xe9", 1)
+    path.write_bytes(b"\n".join(lines))
+    with pytest.raises(DataValidationError, match=rf"latin\{suffix}: line 4001 is not valid UTF-8"):
+        LocalFile(str(path)).load(cache_dir=tmp_path / "pools")
+    assert list((tmp_path / "pools").glob("*")) == []
+
+
+def test_parquet_pool_is_read_in_chunks_and_names_a_bad_row_past_the_first(tmp_path):
+    prompts = [f"p{i}".encode() for i in range(2500)]
+    prompts[2200] = b"caf\xe9"
+    path = tmp_path / "raw.parquet"
+    pq.write_table(pa.table({"prompt": pa.array(prompts, pa.binary()).view(pa.string()), "response": ["r"] * 2500}), path)
+    with pytest.raises(DataValidationError, match=r"raw\.parquet: row 2200 \(id 'raw-2200'\): prompt is not valid UTF-8"):
+        LocalFile(str(path)).load()
+    pool = LocalFile(str(path), drop_invalid=True).load()
+    assert len(pool) == 2499 and pool[2200]["prompt"] == "p2201" and pool[1999]["prompt"] == "p1999"

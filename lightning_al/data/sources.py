@@ -9,6 +9,11 @@ Bad data fails loudly with a :class:`DataValidationError` that names the file
 or dataset and the row, because a silently skipped or mangled example skews
 every acquisition round after it. ``drop_invalid=True`` opts into dropping
 invalid rows with a logged warning instead.
+
+File, hub and FLAN pools are validated as a stream, ``_CHUNK_ROWS`` rows at a time, into an Arrow
+file on disk (``<cache_dir>/pool-<hash>.arrow``) that the returned dataset memory-maps: a pool of
+millions of rows is never held in Python, and the processes that tokenize it read it from that file
+instead of inheriting (or being sent) a copy.
 """
 
 from __future__ import annotations
@@ -17,21 +22,25 @@ import abc
 import csv
 import hashlib
 import inspect
-import io
+import itertools
 import json
 import logging
 import os
 import shutil
+import tempfile
 import urllib.request
+from array import array
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
 import pyarrow as pa
+from datasets.arrow_writer import ArrowWriter
 from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
+from datasets.table import MemoryMappedTable
 
 from lightning_al.data.synthetic import generate_examples
 
@@ -47,6 +56,8 @@ _EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet",
 _FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
 _CONVERSATION_FIELDS = ("system", "prompt", "response")
 _LISTED_ROWS = 5
+#: Rows converted, held in Python and written to the pool's Arrow file at a time (datasets' own writer batch size).
+_CHUNK_ROWS = 1000
 
 
 class DataValidationError(ValueError):
@@ -67,8 +78,13 @@ class PoolSource(abc.ABC):
     """A source of unlabelled pool examples."""
 
     @abc.abstractmethod
-    def load(self) -> datasets.Dataset:
-        """Load the pool with the columns ``id, task, system, prompt, response`` (all strings)."""
+    def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
+        """Load the pool with the columns ``id, task, system, prompt, response`` (all strings).
+
+        Args:
+            cache_dir: Folder of the validated pool's Arrow file, for sources that write one
+                (default: ``$HF_DATASETS_CACHE/lightning_al/pools``).
+        """
 
     def describe(self) -> str:
         """Short name for logs and cache keys; it changes whenever an init arg changes.
@@ -107,9 +123,12 @@ class SyntheticTasks(PoolSource):
         self.min_length = min_length
         self.max_length = max_length
 
-    def load(self) -> datasets.Dataset:
+    def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
+        # Generated in memory (and small): no file to write, cache_dir is not used.
         examples = generate_examples(self.num_examples, self.tasks, self.seed, self.min_length, self.max_length)
-        return _to_dataset(examples)
+        return datasets.Dataset.from_dict(
+            {column: [example[column] for example in examples] for column in POOL_COLUMNS}, features=POOL_FEATURES
+        )
 
 
 class LocalFile(PoolSource):
@@ -147,12 +166,12 @@ class LocalFile(PoolSource):
         self.task = task
         self.drop_invalid = drop_invalid
 
-    def load(self) -> datasets.Dataset:
+    def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
         path = Path(self.path)
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found (LocalFile.path)")
         file = read_file(path, self.format)
-        return _pool_from_records(
+        examples = _examples_of_records(
             file.records,
             file.columns,
             source=str(path),
@@ -161,6 +180,7 @@ class LocalFile(PoolSource):
             drop_invalid=self.drop_invalid,
             line_of=file.line_of,
         )
+        return _write_pool(examples, cache_dir)
 
 
 class HubDataset(PoolSource):
@@ -213,11 +233,11 @@ class HubDataset(PoolSource):
         self.task = task
         self.drop_invalid = drop_invalid
 
-    def load(self) -> datasets.Dataset:
+    def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
         table = _load_hub_dataset(self.name, self.subset, self.split, self.revision)
         subset = f"/{self.subset}" if self.subset else ""
-        return _pool_from_records(
-            _table_records(table, table.column_names),
+        examples = _examples_of_records(
+            _table_records(table),
             table.column_names,
             source=f"{self.name}{subset}[{self.split}]",
             fields=self.fields,
@@ -225,6 +245,7 @@ class HubDataset(PoolSource):
             drop_invalid=self.drop_invalid,
             line_of=None,
         )
+        return _write_pool(examples, cache_dir)
 
 
 #: The canonical copy of the FLAN v2 chain-of-thought files: google-research/FLAN on GitHub.
@@ -259,14 +280,15 @@ class FlanCoT(PoolSource):
         self.tasks = tasks
         self.drop_invalid = drop_invalid
 
-    def load(self) -> datasets.Dataset:
-        examples: list[Example] = []
-        for task, file in self._task_files().items():
+    def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
+        return _write_pool(self._examples(self._task_files()), cache_dir)
+
+    def _examples(self, files: dict[str, Path]) -> Iterator[Example]:
+        for task, file in files.items():
             with file.open("rb") as handle:
-                examples += _assemble(
+                yield from _assemble(
                     str(file), enumerate(handle), partial(_flan_example, task), self.drop_invalid, _next_line
                 )
-        return _to_dataset(examples)
 
     def _task_files(self) -> dict[str, Path]:
         if self.path.startswith(("http://", "https://")):
@@ -351,9 +373,10 @@ class FileRecords(NamedTuple):
     Attributes:
         format: jsonl, json, parquet, csv or tsv.
         columns: Every column (key) of any record, in order of first appearance.
-        records: ``(row, record)`` pairs, ``row`` counting from 0; a record that does not parse is an
-            ``InvalidRow`` saying why.
-        line_of: The line of a row in the file (None for parquet and JSON arrays, which have no row lines).
+        records: ``(row, record)`` pairs, ``row`` counting from 0, read lazily (once); a record that does not
+            parse is an ``InvalidRow`` saying why.
+        line_of: The line of a row in the file, once the row has been read (None for parquet and JSON
+            arrays, which have no row lines).
     """
 
     format: str
@@ -367,7 +390,9 @@ def read_file(path: Path, fmt: str | None = None) -> FileRecords:
 
     Text formats are parsed here, line by line, so that a malformed line is reported with its number
     (and can be dropped) instead of a parser's "position 46" for the whole file; csv / tsv values stay
-    text. Pools (``LocalFile``) and multiple-choice evaluation files are read by this one function.
+    text. The records are read as they are iterated, never all held at once (except a JSON array's,
+    which has no lines to read one by one). Pools (``LocalFile``) and multiple-choice evaluation files
+    are read by this one function.
 
     Raises:
         DataValidationError: an unknown format, a file that is not UTF-8 text or not parquet.
@@ -375,9 +400,13 @@ def read_file(path: Path, fmt: str | None = None) -> FileRecords:
     fmt = _file_format(path, fmt)
     if fmt == "parquet":
         table = _load_parquet(path)
-        return FileRecords(fmt, table.column_names, _table_records(table, table.column_names), None)
-    columns, rows, lines = _read_text_file(path, fmt)
-    return FileRecords(fmt, columns, enumerate(rows), lines.__getitem__ if lines else None)
+        return FileRecords(fmt, table.column_names, _table_records(table), None)
+    if fmt in ("csv", "tsv"):
+        return _read_delimited(path, fmt)
+    if fmt == "json" and _starts_a_json_array(path):
+        return _read_json_array(path)
+    # JSON lines (Dataset.to_json writes them even to a .json file).
+    return _read_json_lines(path, fmt)
 
 
 def _file_format(path: Path, fmt: str | None) -> str:
@@ -415,66 +444,107 @@ def _next_line(row: int) -> int:
     return row + 1
 
 
-def _read_text_file(path: Path, fmt: str) -> tuple[list[str], list[Any], list[int]]:
-    """Parse a jsonl / json / csv / tsv file into (columns, records, line number of each record).
+def _read_json_lines(path: Path, fmt: str) -> FileRecords:
+    """A JSON lines file, parsed twice, one line at a time: a first pass finds every key of any line (the
+    columns that fields map to), the records' pass converts. Blank lines are skipped."""
+    columns = dict.fromkeys(key for _, record in _json_lines(path) if isinstance(record, dict) for key in record)
+    lines = array("q")
 
-    A record that cannot be parsed is an :class:`InvalidRow` in the list, so that it is reported
-    (or dropped) with its line like any other invalid row.
-    """
-    if fmt in ("csv", "tsv"):
-        return _read_delimited(path, "\t" if fmt == "tsv" else ",")
-    text = _read_utf8(path)
-    if fmt == "json" and text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise DataValidationError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}") from None
-        records = [r if isinstance(r, dict) else InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
-        return _columns_of(records), records, []
-    # JSON lines (Dataset.to_json writes them even to a .json file); blank lines are skipped.
-    records, lines = [], []
-    # Split on "\n" only: str.splitlines also splits at U+0085 / U+2028, which JSON strings may hold.
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
+    def records() -> Iterator[tuple[int, dict[str, Any] | InvalidRow]]:
+        for row, (line, record) in enumerate(_json_lines(path)):
+            lines.append(line)
+            yield row, record
+
+    return FileRecords(fmt, list(columns), records(), lines.__getitem__)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidRow]]:
+    """(line number, record) of each non-blank line; a line that does not parse is an InvalidRow."""
+    # Lines end at "\n" only: str.splitlines would also split at U+0085 / U+2028, which JSON strings may hold.
+    for line, text in enumerate(_utf8_lines(path, newline="\n"), start=1):
+        if not text.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(text)
         except json.JSONDecodeError as err:
             record = InvalidRow(f"not valid JSON ({err.msg} at column {err.colno})")
         if not isinstance(record, (dict, InvalidRow)):
             record = InvalidRow(f"not a JSON object but {type(record).__name__}")
-        records.append(record)
-        lines.append(number)
-    return _columns_of(records), records, lines
+        yield line, record
 
 
-def _columns_of(records: list[Any]) -> list[str]:
-    """Every key of any record, in order of first appearance (a key absent from a row reads as missing)."""
-    return list(dict.fromkeys(key for record in records if isinstance(record, dict) for key in record))
+def _starts_a_json_array(path: Path) -> bool:
+    first = next((text for text in _utf8_lines(path, newline="\n") if text.strip()), "")
+    return first.lstrip().startswith("[")
 
 
-def _read_delimited(path: Path, delimiter: str) -> tuple[list[str], list[Any], list[int]]:
-    # All values stay text: type inference would turn "007" into 7 and "NA" into None.
-    text = _read_utf8(path)
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-    header = next(reader, None)
+def _read_json_array(path: Path) -> FileRecords:
+    """A JSON array, parsed whole (its format has no lines to stream; JSON lines suit large pools)."""
+    try:
+        records = json.loads(_read_utf8(path))
+    except json.JSONDecodeError as err:
+        raise DataValidationError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}") from None
+    records = [r if isinstance(r, dict) else InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
+    columns = dict.fromkeys(key for record in records if isinstance(record, dict) for key in record)
+    return FileRecords("json", list(columns), enumerate(records), None)
+
+
+def _read_delimited(path: Path, fmt: str) -> FileRecords:
+    """A csv / tsv file with a header line, read one record at a time (a quoted field may span lines).
+
+    All values stay text: type inference would turn "007" into 7 and "NA" into None.
+    """
+    delimiter = "\t" if fmt == "tsv" else ","
+    header = next(_csv_rows(path, delimiter), (0, None))[1]
     if not header:
         raise DataValidationError(f"{path}: empty file, expected a header line")
-    records, lines = [], []
-    start = reader.line_num + 1
+    lines = array("q")
+
+    def records() -> Iterator[tuple[int, dict[str, str] | InvalidRow]]:
+        for row, (line, values) in enumerate(itertools.islice(_csv_rows(path, delimiter), 1, None)):
+            lines.append(line)
+            yield row, (
+                dict(zip(header, values))
+                if len(values) == len(header)
+                else InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
+            )
+
+    return FileRecords(fmt, header, records(), lines.__getitem__)
+
+
+def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
+    """(first line, values) of each non-blank csv record, the header included."""
+    reader = csv.reader(_utf8_lines(path, newline=""), delimiter=delimiter)
+    start = 1
     try:
         for values in reader:
             if values:  # blank lines are skipped
-                records.append(
-                    dict(zip(header, values))
-                    if len(values) == len(header)
-                    else InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
-                )
-                lines.append(start)
+                yield start, values
             start = reader.line_num + 1
     except csv.Error as err:
         raise DataValidationError(f"{path}: line {reader.line_num}: {err}") from None
-    return header, records, lines
+
+
+def _utf8_lines(path: Path, newline: str) -> Iterator[str]:
+    """The lines of a UTF-8 file (a leading BOM dropped), read lazily; a byte that is not UTF-8 fails
+    naming its line. ``newline`` as for ``open``: "\n" splits there only, "" also at "\r" (csv)."""
+    try:
+        with path.open(encoding="utf-8-sig", newline=newline) as handle:
+            yield from handle
+    except UnicodeDecodeError:
+        # The decoder reads ahead in blocks, so its error does not say which line; find it.
+        raise DataValidationError(f"{path}: line {_first_non_utf8_line(path)} is not valid UTF-8") from None
+
+
+def _first_non_utf8_line(path: Path) -> int:
+    # A UTF-8 sequence never holds the byte "\n", so decoding line by line finds the exact line.
+    with path.open("rb") as handle:
+        for line, raw in enumerate(handle, start=1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                return line
+    raise AssertionError(f"{path}: a decoding error in a file whose every line is UTF-8")
 
 
 def _read_utf8(path: Path) -> str:
@@ -521,13 +591,25 @@ def _resolve_fields(fields: dict[str, str] | None, columns: list[str], source: s
     return mapping
 
 
-def _table_records(table: datasets.Dataset, columns: list[str]) -> Iterable[tuple[int, dict[str, Any]]]:
-    """(row, record) of an Arrow-backed table, read one column at a time (all columns materialised)."""
-    values = {name: _column_values(table, name) for name in columns}
-    return enumerate(dict(zip(columns, row)) for row in zip(*(values[name] for name in columns)))
+def _table_records(table: datasets.Dataset) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(row, record) of an Arrow-backed table, read ``_CHUNK_ROWS`` rows at a time, one column at a time."""
+    columns = {name: table.select_columns([name]) for name in table.column_names}
+    for start in range(0, len(table), _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, len(table))
+        chunk = {name: _column_values(column, name, start, stop) for name, column in columns.items()}
+        for offset, values in enumerate(zip(*chunk.values())):
+            yield start + offset, dict(zip(chunk, values))
 
 
-def _pool_from_records(
+def _column_values(column: datasets.Dataset, name: str, start: int, stop: int) -> list[Any]:
+    try:
+        return column[start:stop][name]
+    except UnicodeDecodeError:
+        # Arrow does not validate UTF-8 when reading parquet; raw bytes let the row checks name each bad row.
+        return column.data.column(name).slice(start, stop - start).cast(pa.large_binary()).to_pylist()
+
+
+def _examples_of_records(
     records: Iterable[tuple[int, Any]],
     columns: list[str],
     source: str,
@@ -535,24 +617,15 @@ def _pool_from_records(
     default_task: str,
     drop_invalid: bool,
     line_of: Callable[[int], int] | None,
-) -> datasets.Dataset:
-    mapping = _resolve_fields(fields, columns, source)
-    examples = _assemble(
+) -> Iterator[Example]:
+    mapping = _resolve_fields(fields, columns, source)  # (at once: a bad mapping fails before any row is read)
+    return _assemble(
         source,
         records,
         lambda row, record: _table_example(row, record, mapping, default_task),
         drop_invalid,
         line_of,
     )
-    return _to_dataset(examples)
-
-
-def _column_values(table: datasets.Dataset, name: str) -> list[Any]:
-    try:
-        return table.select_columns([name]).to_dict()[name]
-    except UnicodeDecodeError:
-        # Arrow does not validate UTF-8 when reading parquet; raw bytes let the row checks name each bad row.
-        return table.data.column(name).cast(pa.large_binary()).to_pylist()
 
 
 def _table_example(row: int, record: dict[str, Any] | InvalidRow, mapping: dict[str, str], default_task: str) -> Example:
@@ -635,9 +708,9 @@ def _assemble(
     convert: Callable[[int, Any], Example],
     drop_invalid: bool,
     line_of: Callable[[int], int] | None,
-) -> list[Example]:
-    """Convert records, dropping or raising on invalid ones, and check that ids are unique."""
-    examples: list[Example] = []
+) -> Iterator[Example]:
+    """Convert records as they are read, dropping or raising on invalid ones, and check that ids are unique
+    (the one thing kept of every row is its id)."""
     first_row_of_id: dict[str, int] = {}
     dropped: dict[str, list[int]] = defaultdict(list)
     total = 0
@@ -654,10 +727,9 @@ def _assemble(
         first_row = first_row_of_id.setdefault(example["id"], row)
         if first_row != row:
             raise DataValidationError(f"{source}: duplicate id {example['id']!r} in rows {first_row} and {row}")
-        examples.append(example)
+        yield example
     if dropped:
         _warn_dropped(source, dropped, total)
-    return examples
 
 
 def _location(row: int, line: int | None, example_id: str | None) -> str:
@@ -677,7 +749,48 @@ def _row_list(rows: list[int]) -> str:
     return listed + (", ..." if len(rows) > _LISTED_ROWS else "")
 
 
-def _to_dataset(examples: list[Example]) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(
-        {column: [example[column] for example in examples] for column in POOL_COLUMNS}, features=POOL_FEATURES
-    )
+def _write_pool(examples: Iterable[Example], cache_dir: str | Path | None) -> datasets.Dataset:
+    """The examples written to an Arrow file ``_CHUNK_ROWS`` at a time (as ``datasets`` writes its own
+    caches), as a dataset that memory-maps it.
+
+    The file is named after its contents: the same pool read again finds its name taken by identical
+    bytes instead of filling the cache, and a process never maps a file another one is still writing
+    (each writes a temporary file of its own, renamed once complete).
+    """
+    folder = Path(cache_dir) if cache_dir is not None else default_pool_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(dir=folder, prefix="pool-", suffix=".arrow.incomplete")
+    os.close(handle)
+    partial_file = Path(name)
+    try:
+        with ArrowWriter(features=POOL_FEATURES, path=name) as writer:
+            for chunk in _chunks(examples, _CHUNK_ROWS):
+                writer.write_batch({column: [example[column] for example in chunk] for column in POOL_COLUMNS})
+            writer.finalize()
+        digest = _file_sha256(partial_file)[:16]
+        target = folder / f"pool-{digest}.arrow"
+        partial_file.replace(target)
+    finally:
+        partial_file.unlink(missing_ok=True)  # (renamed, or a failure left it incomplete)
+    # Fingerprinted by its contents (Dataset.from_file draws a random one), so that datasets' caches of its
+    # transforms, such as the max_pool_size subset, are found again by the next run instead of written anew.
+    return datasets.Dataset(MemoryMappedTable.from_file(str(target)), fingerprint=digest)
+
+
+def default_pool_dir() -> Path:
+    """Where pools' Arrow files go when no ``cache_dir`` is given: beside ``datasets``' own caches."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "lightning_al" / "pools"
+
+
+def _chunks(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(partial(handle.read, 1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
