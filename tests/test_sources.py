@@ -1,5 +1,6 @@
 import json
 import logging
+import pickle
 import random
 import re
 import tracemalloc
@@ -76,6 +77,17 @@ def _expected_answer(task: str, prompt: str) -> str:
     if task == "count":
         letter = re.fullmatch(r"Count the letter (\w) in", prompt.split(": ", 1)[0]).group(1)
         return str(argument.count(letter))
+    if task == "after":
+        return "ABCDEFGHIJKLMNOPQRSTUVWXYZA"["ABCDEFGHIJKLMNOPQRSTUVWXYZ".index(argument) + 1]
+    if task == "position":
+        return str("ABCDEFGHIJKLMNOPQRSTUVWXYZ".index(argument) + 1)
+    if task in ("max_digit", "min_digit"):
+        assert argument.isdigit()
+        return max(argument) if task == "max_digit" else min(argument)
+    if task == "add_digits":
+        a, b = argument.split(" + ")
+        assert len(a) == len(b) == 1
+        return str(int(a) + int(b))
     raise AssertionError(f"untested task {task}")
 
 
@@ -94,7 +106,8 @@ def test_synthetic_answers_are_exact_and_lengths_bounded():
     for example in examples:
         assert example["response"] == _expected_answer(example["task"], example["prompt"]), example
         assert example["prompt"].isascii() and example["system"] == ""
-        if example["task"] in ("copy", "reverse", "sort", "upper", "count", "first", "last", "length"):
+        if example["task"] in ("copy", "reverse", "sort", "upper", "count", "first", "last", "length", "max_digit",
+                               "min_digit"):
             assert 2 <= len(example["prompt"].split(": ", 1)[1]) <= 9
 
 
@@ -449,6 +462,16 @@ def test_local_file_pool_is_a_memory_mapped_arrow_file_named_by_its_contents(tmp
     # Without a cache_dir: beside datasets' caches.
     default = LocalFile(str(path), fields=MAPPING).load()
     assert Path(default.cache_files[0]["filename"]).parent == tmp_path / "hf-cache" / "lightning_al" / "pools"
+
+
+def test_a_file_pool_travels_to_tokenizing_processes_by_path(tmp_path):
+    """datasets.map(num_proc=...) pickles each process's shard of the pool: a memory-mapped pool pickles as
+    its file's path and row range, not its rows (an in-memory one sent, and forked, a copy of the pool)."""
+    path = _write_jsonl(tmp_path / "qa.jsonl", [{**ROWS[i % 3], "uid": i} for i in range(3000)])
+    pool = LocalFile(str(path), fields=MAPPING).load(cache_dir=tmp_path / "pools")
+    shard = pool.shard(num_shards=2, index=1, contiguous=True)
+    assert len(pickle.dumps(shard)) < path.stat().st_size / 20
+    assert pickle.loads(pickle.dumps(shard))[0] == pool[1500]
 
 
 def _big_pool_rows(rows: int) -> list[dict[str, str]]:
