@@ -769,9 +769,10 @@ def _write_pool(examples: Iterable[Example], cache_dir: str | Path | None) -> da
             writer.finalize()
         digest = _file_sha256(partial_file)[:16]
         target = folder / f"pool-{digest}.arrow"
-        partial_file.replace(target)
+        if not target.exists():  # (if it does, it holds these bytes, maybe mapped by another run: kept)
+            partial_file.replace(target)
     finally:
-        partial_file.unlink(missing_ok=True)  # (renamed, or a failure left it incomplete)
+        partial_file.unlink(missing_ok=True)  # (a duplicate, or a failure left it incomplete)
     # Fingerprinted by its contents (Dataset.from_file draws a random one), so that datasets' caches of its
     # transforms, such as the max_pool_size subset, are found again by the next run instead of written anew.
     return datasets.Dataset(MemoryMappedTable.from_file(str(target)), fingerprint=digest)
