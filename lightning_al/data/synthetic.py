@@ -4,6 +4,15 @@ The offline demo trains a tiny character-level model on these, so every string
 is short ASCII and every answer is computable from its prompt. Difficulty grows
 with the sampled length, which lets active-learning strategies show whether they
 prefer hard examples.
+
+Two families. In the first (copy, reverse, sort, upper, count, first, last, length,
+next) the input is lowercase letters, like the instruction, so reading it means finding
+it by position, which a tiny randomly initialised model learns slowly and abruptly
+(length, which needs only a count, is the exception). In the second
+(after, position, max_digit, min_digit, add_digits), which the demo uses, the input is
+uppercase letters or digits, which stand out from the instruction, so the model can
+find it by what it is; these are learnt from tens to hundreds of examples, at rates
+that differ from task to task.
 """
 
 from __future__ import annotations
@@ -83,6 +92,38 @@ def _next(rng: random.Random, length: int) -> tuple[str, str]:
     return f"Next letter after: {letter}", chr((ord(letter) - ord("a") + 1) % 26 + ord("a"))
 
 
+def _after(rng: random.Random, length: int) -> tuple[str, str]:
+    # A 26-entry lookup: learnt once every letter has been seen a few times.
+    letter = rng.choice(string.ascii_uppercase)
+    return f"Letter after: {letter}", _next_in(string.ascii_uppercase, letter)
+
+
+def _position(rng: random.Random, length: int) -> tuple[str, str]:
+    # A 26-entry lookup with one- or two-digit answers.
+    letter = rng.choice(string.ascii_uppercase)
+    return f"Alphabet position of: {letter}", str(string.ascii_uppercase.index(letter) + 1)
+
+
+def _max_digit(rng: random.Random, length: int) -> tuple[str, str]:
+    digits = _letters(rng, length, string.digits)
+    return f"Largest digit in: {digits}", max(digits)
+
+
+def _min_digit(rng: random.Random, length: int) -> tuple[str, str]:
+    digits = _letters(rng, length, string.digits)
+    return f"Smallest digit in: {digits}", min(digits)
+
+
+def _add_digits(rng: random.Random, length: int) -> tuple[str, str]:
+    # 100 ordered pairs: the slowest of the family to learn, whatever the length.
+    a, b = rng.randint(0, 9), rng.randint(0, 9)
+    return f"Add the digits: {a} + {b}", str(a + b)
+
+
+def _next_in(alphabet: str, letter: str) -> str:
+    return alphabet[(alphabet.index(letter) + 1) % len(alphabet)]
+
+
 TASKS: dict[str, TaskFn] = {
     "copy": _copy,
     "reverse": _reverse,
@@ -95,6 +136,13 @@ TASKS: dict[str, TaskFn] = {
     "last": _last,
     "length": _length,
     "next": _next,
+    # Inputs the instruction does not contain (uppercase letters, digits): a tiny random model finds them
+    # by content and learns these from tens to hundreds of examples. The demo's tasks.
+    "after": _after,
+    "position": _position,
+    "max_digit": _max_digit,
+    "min_digit": _min_digit,
+    "add_digits": _add_digits,
 }
 
 
@@ -127,7 +175,8 @@ def generate_examples(
         num_examples: Number of examples to generate.
         tasks: Task names, a subset of ``TASKS``.
         seed: Seed of the private random generator; equal seeds give equal examples.
-        min_length: Shortest input length (letters, or total digits for ``add``).
+        min_length: Shortest input length (letters, or total digits for ``add``; digits for
+            ``max_digit`` / ``min_digit``; ``next``, ``after``, ``position`` and ``add_digits`` ignore it).
         max_length: Longest input length.
 
     Returns:
