@@ -200,10 +200,10 @@ def test_example_mean_of_no_example_is_nan():
 def test_demo_config_writes_metrics_and_tensorboard(workdir):
     """The embedded demo (shortened): per-round metrics.jsonl rows and TensorBoard scalars."""
     main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--loop.epochs_per_round=1",
-          "--trainer.enable_progress_bar=false", f"--data.cache_dir={workdir}"])
+          "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false", f"--data.cache_dir={workdir}"])
     rows = [json.loads(line) for line in (workdir / "checkpoints" / "demo" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["round"], r["evaluation"]) for r in rows] == [
-        (r, e) for r in (0, 1) for e in ("heldout", "cost", "selection")]
-    assert all(0 <= r["answer_exact_match"] <= 1 and r["examples"] == 100 for r in rows if r["evaluation"] == "heldout")
+        (r, e) for r in (0, 1, 2) for e in ("heldout", "cost", "selection")]
+    assert all(0 <= r["answer_exact_match"] <= 1 and r["examples"] == 500 for r in rows if r["evaluation"] == "heldout")
     tags = set(EventAccumulator(str(workdir / "lightning_logs" / "demo")).Reload().Tags()["scalars"])
     assert {"heldout/loss", "heldout/answer_exact_match", "labeled/heldout/answer_exact_match"} <= tags

@@ -112,7 +112,8 @@ class SyntheticTasks(PoolSource):
 
         Args:
             num_examples: Number of examples in the pool; tasks are assigned round-robin.
-            tasks: Task names, any of copy, reverse, sort, add, count, upper, first, last, length, next.
+            tasks: Task names, any of copy, reverse, sort, add, count, upper, first, last, length, next,
+                after, position, max_digit, min_digit, add_digits.
             seed: Seed of the generator; the same seed always gives the same pool.
             min_length: Shortest input (letters, or total digits for ``add``); longer is harder.
             max_length: Longest input; lengths are drawn uniformly from ``[min_length, max_length]``.
