@@ -39,7 +39,6 @@ SCORES = "scores.jsonl"
 #: What a run keeps as its light records: everything the report reads, no checkpoint or adapter.
 LIGHT_RECORDS: tuple[str, ...] = (CONFIG, METRICS, f"{ROUNDS}/round_*.jsonl", f"{RECORDS}/**/*.jsonl")
 _ROUND_FILE = re.compile(r"^round_(\d+)\.jsonl$")
-_ROUND_DIR = re.compile(r"^round_(\d+)$")
 
 Status = Literal["finished", "interrupted", "new"]
 
@@ -120,14 +119,6 @@ def read_records(run_dir: str | Path, round: int) -> dict[str, list[dict[str, An
     if not folder.is_dir():
         return {}
     return {path.stem: read_jsonl(path) for path in sorted(folder.glob("*.jsonl"))}
-
-
-def record_rounds(run_dir: str | Path) -> list[int]:
-    """The rounds with an ``evaluations/round_<r>/`` folder, ascending."""
-    folder = Path(run_dir) / RECORDS
-    if not folder.is_dir():
-        return []
-    return sorted(int(m.group(1)) for p in folder.iterdir() if p.is_dir() and (m := _ROUND_DIR.match(p.name)))
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

@@ -3,8 +3,10 @@
 Cells run one after the other in this process, each in its own run folder
 ``checkpoints/<study>/<strategy>-m<m>-s<seed>``. Running the command again skips finished cells
 and resumes an interrupted one (``--ckpt_path last``: its newest loadable checkpoint); ``--cell i``
-runs only cell i, so that cells can be separate jobs (one per GPU, a cluster array job). The report of every
-finished cell is written to ``reports/<study>`` at the end (or later with ``lightning-al report``).
+runs only cell i, so that cells can be separate jobs (one per GPU, a cluster array job). With ``study.records_dir``
+each finished cell's light records are copied there and a cell with records is never re-run. The report of every
+finished cell is written at the end to ``reports/<study>`` (``<records_dir>/report`` with records), or later with
+``lightning-al report``.
 """
 
 from __future__ import annotations
