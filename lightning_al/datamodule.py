@@ -128,6 +128,9 @@ class ActiveLearningDataModule(LightningDataModule):
         # subset: loaded once per process (prepare_data and setup both need it).
         self._raw: datasets.Dataset | None = None
         self._split_rng_state: dict | None = None
+        # The tokenized pool, once prepare_data or setup made (or found) it in this process: setup after
+        # prepare_data does not hash the pool again.
+        self._tokenized: datasets.Dataset | None = None
         self._check_config()
 
     def _check_config(self) -> None:
@@ -163,7 +166,7 @@ class ActiveLearningDataModule(LightningDataModule):
         tokenized = self._tokenized_pool()
         rng = np.random.default_rng()
         rng.bit_generator.state = self._split_rng_state  # continues after the max_pool_size draw
-        self.pool = tokenized.add_column("index", list(range(len(tokenized))))
+        self.pool = tokenized.add_column("index", np.arange(len(tokenized), dtype=np.int64))
         n = len(self.pool)
         n_val = self.validation_size if isinstance(self.validation_size, int) else round(self.validation_size * n)
         if n_val >= n:
@@ -193,12 +196,14 @@ class ActiveLearningDataModule(LightningDataModule):
         return self._raw
 
     def _tokenized_pool(self) -> datasets.Dataset:
-        tokenize = PoolTokenization(self.tokenizer, self.tokenizer_name, self.max_length, self.max_prompt_length,
-                                    self.max_truncated_fraction, self.cache_dir, self.num_proc)
-        return tokenize(self._raw_pool(), sample_seed=self.split_seed, source=self.source.describe())
+        if self._tokenized is None:
+            tokenize = PoolTokenization(self.tokenizer, self.tokenizer_name, self.max_length, self.max_prompt_length,
+                                        self.max_truncated_fraction, self.cache_dir, self.num_proc)
+            self._tokenized = tokenize(self._raw_pool(), sample_seed=self.split_seed, source=self.source.describe())
+        return self._tokenized
 
     def _log_pool_summary(self) -> None:
-        truncated = int(np.sum(self.pool["truncated"]))
+        truncated = int(np.sum(self._column("truncated")))
         empty = int(np.sum(self.response_lengths == 0))
         rank_zero_info(
             f"Pool: {len(self.pool)} examples ({int(self.held_out.sum())} held out) from {self.source.describe()}; "
@@ -209,11 +214,15 @@ class ActiveLearningDataModule(LightningDataModule):
 
     @cached_property
     def prompt_lengths(self) -> np.ndarray:
-        return np.asarray(self.pool["prompt_length"], dtype=np.int64)
+        return self._column("prompt_length").astype(np.int64)
 
     @cached_property
     def response_lengths(self) -> np.ndarray:
-        return np.asarray(self.pool["response_length"], dtype=np.int64)
+        return self._column("response_length").astype(np.int64)
+
+    def _column(self, name: str) -> np.ndarray:
+        """A number column of the pool as one numpy array, from Arrow (not through a list of Python ints)."""
+        return self.pool.data.column(name).to_numpy()
 
     @cached_property
     def ids(self) -> np.ndarray:
