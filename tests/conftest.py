@@ -16,10 +16,14 @@ TINY_LLAMA = (
     '{"model_type": "llama", "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, '
     '"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 256}'
 )
+#: The held-out answers (the default evaluation set) generating 6 tokens: the default 256 of an untrained model
+#: that never stops were half the time of a tiny run. ``data.evaluations=None`` keeps the default.
+SHORT_ANSWERS = '[{"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}}]'
 
 
 def tiny_run_args(cache_dir: Path, **overrides: object) -> list[str]:
-    """CLI arguments of a seconds-long experiment: tiny random Llama, synthetic pool, random strategy."""
+    """CLI arguments of a seconds-long experiment: tiny random Llama, synthetic pool, random strategy.
+    An override of None leaves that key out (its default)."""
     options = {
         "seed_everything": 7,
         "run_name": "tiny",
@@ -36,6 +40,7 @@ def tiny_run_args(cache_dir: Path, **overrides: object) -> list[str]:
         "data.batch_size": 8,
         "data.eval_batch_size": 16,
         "data.cache_dir": str(cache_dir),
+        "data.evaluations": SHORT_ANSWERS,
         "loop.budget": 40,
         "loop.rounds": 2,
         "loop.epochs_per_round": 2,
@@ -49,7 +54,7 @@ def tiny_run_args(cache_dir: Path, **overrides: object) -> list[str]:
     if "data.pool" in overrides:  # another source: the synthetic pool's init_args do not apply
         options = {k: v for k, v in options.items() if not k.startswith("data.pool.")}
     options.update(overrides)
-    return [f"--{k}={v}" for k, v in options.items()]
+    return [f"--{k}={v}" for k, v in options.items() if v is not None]
 
 
 @pytest.fixture
@@ -57,3 +62,56 @@ def workdir(tmp_path, monkeypatch):
     """Run in a fresh folder: checkpoints/ and lightning_logs/ are relative to the working directory."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def driver(tmp_path_factory):
+    """Runs ``lightning-al`` commands in forked children of one process (tests.helpers.Driver): a process's
+    imports are paid once per session."""
+    from tests.helpers import Driver
+
+    driver = Driver(tmp_path_factory.mktemp("driver"))
+    yield driver
+    driver.close()
+
+
+#: A multiple-choice set of 7 questions: 2-process DDP pads it with one repeat.
+QUIZ = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4,
+         "subject": "odd" if i % 2 else "even"} for i in range(7)]
+
+
+@pytest.fixture(scope="session")
+def ddp_runs(tmp_path_factory, driver):
+    """One round of entropy acquisition with the held-out answers and a quiz evaluated, in this process
+    (``checkpoints/single``) and under 2-process DDP (``checkpoints/ddp``, a ``lightning-al fit`` of its own).
+
+    lr 0: the model stays the initial one, so both runs evaluate the same model. 15 held-out examples in
+    batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once; the diversity
+    samples (15 of the 24 labels) are embedded in shards of 8 and 7 + one repeat; the 105 candidates are scored
+    in shards of 53 and 52 + one repeat."""
+    import json
+    from types import SimpleNamespace
+
+    from lightning_al.cli import main
+
+    workdir = tmp_path_factory.mktemp("ddp")
+    quiz = workdir / "quiz.jsonl"
+    quiz.write_text("".join(json.dumps(q) + "\n" for q in QUIZ))
+    evaluations = [
+        {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}},
+        {"class_path": "lightning_al.evaluation.MultipleChoice",
+         "init_args": {"source": str(quiz), "name": "quiz", "num_fewshot": 0}},
+    ]
+    options = {"loop.strategy": "lightning_al.strategies.EntropySampling", "data.evaluations": json.dumps(evaluations),
+               "loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 24, "data.validation_size": 15,
+               "data.eval_batch_size": 4, "loop.diversity_sample": 15,
+               "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(workdir)
+        single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
+        heldout_loss = float(single.trainer.callback_metrics["heldout/loss"])
+    code, log = driver.run(workdir, ["lightning-al", "fit", *tiny_run_args(workdir, run_name="ddp", **options),
+                                     "--trainer.strategy=ddp", "--trainer.devices=2"])
+    assert code == 0, log[-3000:]
+    checkpoints = workdir / "checkpoints"
+    return SimpleNamespace(single=checkpoints / "single", ddp=checkpoints / "ddp", heldout_loss=heldout_loss)

@@ -1,8 +1,6 @@
 """Uncertainty acquisition through the loop and the predict command, single process and DDP."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -57,23 +55,14 @@ def test_training_loss_ignores_prompt_tokens(workdir):
         assert len(nll) == int(sum(dm.response_lengths[i] for i in batch["index"].tolist()))
 
 
-def _round0(workdir, name, extra):
-    args = tiny_run_args(workdir, run_name=name, **{"loop.strategy": ENTROPY, "loop.rounds": 1,
-                                                    "loop.epochs_per_round": 1, "loop.budget": 30})
-    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, *extra], cwd=workdir,
-                            capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return [json.loads(line) for line in (workdir / "checkpoints" / name / "rounds" / "round_0.jsonl").open()]
-
-
-def test_ddp_two_processes_acquire_what_one_process_acquires(workdir):
-    single = _round0(workdir, "single", [])
-    ddp = _round0(workdir, "ddp", ["--trainer.strategy=ddp", "--trainer.devices=2"])
+def test_ddp_two_processes_acquire_what_one_process_acquires(ddp_runs):
+    """The ``ddp_runs`` fixture (tests/conftest.py): round 0 of entropy sampling in one process and in two."""
+    single, ddp = (read_rounds(run_dir)[0] for run_dir in (ddp_runs.single, ddp_runs.ddp))
+    assert len(single) == 24
     assert [row["id"] for row in ddp] == [row["id"] for row in single]
     for a, b in zip(single, ddp):
         assert a["entropy"] == pytest.approx(b["entropy"], abs=1e-6)
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
-
 
 
 def test_short_strategy_names_reach_the_loop_and_task_balanced_gets_the_tasks(workdir):

@@ -108,7 +108,8 @@ def test_a_short_strategy_name_runs_alike_in_study_fit_and_report(workdir):
 
 
 def test_predict_needs_no_budget_and_writes_to_scores_output_path(workdir):
-    args = [a for a in tiny_run_args(workdir) if not a.startswith("--loop.budget")]
+    # The default evaluation sets (data.evaluations left out): made and prepared, not run by predict.
+    args = [a for a in tiny_run_args(workdir, **{"data.evaluations": None}) if not a.startswith("--loop.budget")]
     main(["predict", *args, "--scores.output_path=scores/pool.jsonl"])
     rows = [json.loads(line) for line in (workdir / "scores" / "pool.jsonl").read_text().splitlines()]
     assert len(rows) == 104 and not (workdir / "checkpoints" / "tiny" / "scores.jsonl").exists()

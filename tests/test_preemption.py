@@ -3,78 +3,24 @@ uninterrupted run; SIGTERM and Ctrl-C stop at a whole state with a non-zero exit
 a truncated checkpoint is named and skipped; retention; the held-out loss counts each example once
 under 2-process DDP.
 
-The CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once)
+The CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once a session:
+the ``driver`` fixture, tests.helpers.Driver)
 and kill themselves with ``tests.kill_switch.KillAt`` at named phases, so nothing depends on timing.
 """
 
 import json
 import os
 import shlex
-import subprocess
-import sys
-import textwrap
 
 import pytest
 import torch
 
 from lightning_al.checkpointing import CheckpointError, check_checkpoint, resolve_checkpoint, resume_command
 from lightning_al.evaluation.metrics import ExampleMean
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import SHORT_ANSWERS, tiny_run_args
 from tests.helpers import read_rounds
 
 ENTROPY = "lightning_al.strategies.EntropySampling"
-SHORT_ANSWERS = '[{"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}}]'
-
-DRIVER = textwrap.dedent("""
-    import json, os, sys, traceback
-    import lightning_al.cli, lightning_al.commands  # imported once; every run is a forked child
-    for line in sys.stdin:
-        log, argv = json.loads(line)
-        pid = os.fork()
-        if pid == 0:
-            out = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            os.dup2(out, 1)
-            os.dup2(out, 2)
-            sys.argv = argv
-            code = 0
-            try:
-                lightning_al.commands.main()
-            except SystemExit as stop:
-                code = stop.code if isinstance(stop.code, int) else int(stop.code is not None)
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-        _, status = os.waitpid(pid, 0)
-        print(json.dumps(os.waitstatus_to_exitcode(status)), flush=True)
-""")
-
-
-class Driver:
-    """Runs ``lightning-al`` commands in forked children of one process; returns exit status and output."""
-
-    def __init__(self, workdir):
-        self.workdir = workdir
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-        self.process = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=workdir, env=env, text=True,
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self.runs = 0
-
-    def run(self, argv: list[str]) -> tuple[int, str]:
-        self.runs += 1
-        log = self.workdir / f"run-{self.runs}.log"
-        self.process.stdin.write(json.dumps([str(log), argv]) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        assert line, f"the driver died; {log.read_text()[-3000:] if log.exists() else ''}"
-        return json.loads(line), log.read_text()
-
-    def close(self):
-        self.process.stdin.close()
-        self.process.wait(timeout=60)
-
 
 def _results(run_dir):
     ids = read_rounds(run_dir)  # the ids of every round and their scores
@@ -84,7 +30,7 @@ def _results(run_dir):
     return ids, metrics
 
 
-def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
+def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir, driver):
     def args(run_name, *extra):
         options = {"loop.strategy": ENTROPY, "model.score_source": "prompt", "data.evaluations": SHORT_ANSWERS,
                    "checkpoint.every_n_train_steps": 2, "checkpoint.every_n_minutes": "null",
@@ -96,40 +42,36 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir):
     phases = ["scoring:0:3", "acquired:0", "step:5", "eval:1", "scoring:1:3", "step:9@SIGTERM", "step:13@SIGINT"]
     kill = json.dumps({"class_path": "tests.kill_switch.KillAt",
                        "init_args": {"phases": phases, "marker_dir": str(workdir / "markers")}})
-    driver = Driver(workdir)
-    try:
-        code, log = driver.run(args("reference"))
-        assert code == 0, log[-3000:]
-        command = args("killed", f"--trainer.callbacks=[{kill}]")
-        run_dir = workdir / "checkpoints" / "killed"
-        codes, logs = [], []
-        for attempt in range(len(phases) - 1):
-            code, log = driver.run(command + ["--ckpt_path", "last"] * (attempt > 0))
-            codes.append(code)
-            logs.append(log)
-        assert codes == [-9] * 5 + [143], (codes, [log[-1500:] for log in logs])
-        # Killed before any checkpoint: --ckpt_path last says so and starts again, reusing the scores.
-        assert "no loadable checkpoint" in logs[1] and "continuing a saved pass" in logs[1]
-        # Killed at step 5 and during round 0's evaluation: both resume mid-epoch 1, after step 4.
-        assert "(epoch 1, global step 4)" in logs[3] and "(epoch 1, global step 4)" in logs[4]
-        assert "continuing a saved pass" in logs[5]  # round 1's pass after its kill
-        # SIGTERM: checkpointed at the step, non-zero exit, and the exact command that resumes.
-        resume = shlex.join(command + ["--ckpt_path", "last"])
-        assert f"Resume with:\n  {resume}" in logs[5], logs[5][-2000:]
-        # A truncated last.ckpt: named, and the newest loadable checkpoint takes over (round 1's start).
-        last = run_dir / "last.ckpt"
-        last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
-        code, log = driver.run(shlex.split(resume))
-        assert "checkpoint checkpoints/killed/last.ckpt cannot be loaded" in log
-        assert "Resuming from the newest loadable one instead: checkpoints/killed/round=1.ckpt" in log
-        assert "weights_only=False" not in log
-        # Ctrl-C (SIGINT) mid-epoch 3: checkpointed at that step, exit 130, the resume command.
-        assert code == 130 and f"Stopped by SIGINT; checkpoint checkpoints/killed/last.ckpt (epoch 3, step 13). " \
-            f"Resume with:\n  {resume}" in log, (code, log[-3000:])
-        code, log = driver.run(shlex.split(resume))
-        assert code == 0 and "(epoch 3, global step 13)" in log, log[-3000:]
-    finally:
-        driver.close()
+    code, log = driver.run(workdir, args("reference"))
+    assert code == 0, log[-3000:]
+    command = args("killed", f"--trainer.callbacks=[{kill}]")
+    run_dir = workdir / "checkpoints" / "killed"
+    codes, logs = [], []
+    for attempt in range(len(phases) - 1):
+        code, log = driver.run(workdir, command + ["--ckpt_path", "last"] * (attempt > 0))
+        codes.append(code)
+        logs.append(log)
+    assert codes == [-9] * 5 + [143], (codes, [log[-1500:] for log in logs])
+    # Killed before any checkpoint: --ckpt_path last says so and starts again, reusing the scores.
+    assert "no loadable checkpoint" in logs[1] and "continuing a saved pass" in logs[1]
+    # Killed at step 5 and during round 0's evaluation: both resume mid-epoch 1, after step 4.
+    assert "(epoch 1, global step 4)" in logs[3] and "(epoch 1, global step 4)" in logs[4]
+    assert "continuing a saved pass" in logs[5]  # round 1's pass after its kill
+    # SIGTERM: checkpointed at the step, non-zero exit, and the exact command that resumes.
+    resume = shlex.join(command + ["--ckpt_path", "last"])
+    assert f"Resume with:\n  {resume}" in logs[5], logs[5][-2000:]
+    # A truncated last.ckpt: named, and the newest loadable checkpoint takes over (round 1's start).
+    last = run_dir / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])
+    code, log = driver.run(workdir, shlex.split(resume))
+    assert "checkpoint checkpoints/killed/last.ckpt cannot be loaded" in log
+    assert "Resuming from the newest loadable one instead: checkpoints/killed/round=1.ckpt" in log
+    assert "weights_only=False" not in log
+    # Ctrl-C (SIGINT) mid-epoch 3: checkpointed at that step, exit 130, the resume command.
+    assert code == 130 and f"Stopped by SIGINT; checkpoint checkpoints/killed/last.ckpt (epoch 3, step 13). " \
+        f"Resume with:\n  {resume}" in log, (code, log[-3000:])
+    code, log = driver.run(workdir, shlex.split(resume))
+    assert code == 0 and "(epoch 3, global step 13)" in log, log[-3000:]
     assert _results(run_dir) == _results(workdir / "checkpoints" / "reference")
     # Retention: last.ckpt and the checkpoints right after each acquisition; no partial scores left.
     assert sorted(p.name for p in run_dir.glob("*.ckpt")) == ["last.ckpt", "round=0.ckpt", "round=1.ckpt"]

@@ -1,32 +1,15 @@
 """Per-example evaluation records under 2-process DDP: every example recorded once, adding up to
 metrics.jsonl exactly (the single-process run: tests/test_evaluation.py); the diversity analysis, sharded
-across the processes, measures what one process measures."""
+across the processes, measures what one process measures. The runs: the ``ddp_runs`` fixture (tests/conftest.py),
+shared with the DDP acquisition test."""
 
 import json
-import os
-import subprocess
-import sys
 from collections import defaultdict
 
 import numpy as np
 import pytest
 
-from lightning_al.cli import main
-from tests.conftest import tiny_run_args
-
-QUIZ = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4,
-         "subject": "odd" if i % 2 else "even"} for i in range(7)]  # 7: DDP pads one repeat
-
-
-def _evaluations(workdir):
-    quiz = workdir / "quiz.jsonl"
-    quiz.write_text("".join(json.dumps(q) + "\n" for q in QUIZ))
-    evaluations = [
-        {"class_path": "lightning_al.evaluation.HeldOutAnswers", "init_args": {"max_new_tokens": 6}},
-        {"class_path": "lightning_al.evaluation.MultipleChoice",
-         "init_args": {"source": str(quiz), "name": "quiz", "num_fewshot": 0}},
-    ]
-    return json.dumps(evaluations)
+from tests.conftest import QUIZ
 
 
 def _read(path):
@@ -66,25 +49,11 @@ def check_records_add_up(run_dir, round, metrics, sets):
     return loss
 
 
-def test_ddp_records_each_example_once_and_the_heldout_loss_equals_one_process(workdir):
-    # lr 0: the model stays the initial one, so both runs evaluate the same model; 15 held-out examples
-    # in batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once. The
-    # diversity samples (15 of the 24 labels) are embedded in shards of 8 and 7 + one repeat.
-    options = {"data.evaluations": _evaluations(workdir), "loop.rounds": 1, "loop.epochs_per_round": 1,
-               "loop.budget": 24, "data.validation_size": 15, "data.eval_batch_size": 4, "loop.diversity_sample": 15,
-               "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
-    single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
-    expected = float(single.trainer.callback_metrics["heldout/loss"])
-    selection = next(row for row in _read(workdir / "checkpoints" / "single" / "metrics.jsonl")
-                     if row["evaluation"] == "selection")
-    args = tiny_run_args(workdir, **options)
-    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args, "--trainer.strategy=ddp",
-                             "--trainer.devices=2"], check=False, cwd=workdir, capture_output=True, text=True,
-                            timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert result.returncode == 0, result.stderr[-3000:]
-    run_dir = workdir / "checkpoints" / "tiny"
+def test_ddp_records_each_example_once_and_the_heldout_loss_equals_one_process(ddp_runs):
+    run_dir = ddp_runs.ddp
     metrics = {(row["round"], row["evaluation"]): row for row in _read(run_dir / "metrics.jsonl")}
-    assert metrics[(0, "heldout")]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert metrics[(0, "heldout")]["loss"] == pytest.approx(ddp_runs.heldout_loss, rel=1e-5)
+    selection = next(row for row in _read(ddp_runs.single / "metrics.jsonl") if row["evaluation"] == "selection")
     for key in ("diversity", "diversity_labeled", "diversity_sample"):
         assert metrics[(0, "selection")][key] == pytest.approx(selection[key], rel=1e-5), key
     loss = check_records_add_up(run_dir, 0, metrics, {"heldout": "answer_exact_match", "quiz": "accuracy"})
