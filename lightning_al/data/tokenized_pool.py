@@ -19,6 +19,7 @@ from lightning_al.data.formatting import tokenize_batch
 
 _FORMAT_VERSION = "3"  # bump when tokenize_example changes, to invalidate old caches
 _TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
+_SAMPLE_BATCH = 32  # of them tokenized at a time (their token offsets as Python tuples: ~2 MiB per 1,000 tokens)
 
 
 @dataclass(frozen=True)
@@ -86,8 +87,14 @@ class PoolTokenization:
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(raw), min(_TRUNCATION_SAMPLE, len(raw)), replace=False))
         # Untruncated lengths, so that the message can say what max_length would fit.
-        rows = tokenize_batch(_rows(raw, sample), **{**kwargs, "max_length": 2**62, "max_prompt_length": 2**61})
-        prompt, total = np.asarray(rows["prompt_length"]), np.asarray(rows["prompt_length"]) + rows["response_length"]
+        examples, measured = _rows(raw, sample), {"prompt_length": [], "response_length": []}
+        for start in range(0, len(sample), _SAMPLE_BATCH):
+            batch = {key: values[start : start + _SAMPLE_BATCH] for key, values in examples.items()}
+            rows = tokenize_batch(batch, **{**kwargs, "max_length": 2**62, "max_prompt_length": 2**61})
+            for key, values in measured.items():
+                values += rows[key]
+        prompt = np.asarray(measured["prompt_length"])
+        total = prompt + np.asarray(measured["response_length"])
         fraction = float(np.mean((prompt > self.max_prompt_length) | (total > self.max_length)))
         if fraction > self.max_truncated_fraction:
             where = f" (from a seeded sample of {len(sample)})" if len(sample) < len(raw) else ""
