@@ -9,7 +9,7 @@ so the same command run again passes it and stops at the next one):
 - ``eval:<epoch>``: after the first batch of the evaluation sets in epoch <epoch>'s validation.
 
 A phase ending in ``@SIGTERM`` (``@SIGINT``, ...) sends that signal instead of SIGKILL: the run stops
-itself at its next whole state.
+itself at its next whole state. With ``run``, only the run whose folder has that name is killed (a study's cell).
 """
 
 import os
@@ -22,9 +22,10 @@ from lightning_al.loop import ActiveLearningLoop
 
 
 class KillAt(Callback):
-    def __init__(self, phases: list[str], marker_dir: str) -> None:
+    def __init__(self, phases: list[str], marker_dir: str, run: str | None = None) -> None:
         self.phases = phases
         self.marker_dir = Path(marker_dir)
+        self.run = run
         self.scored: dict[int, int] = {}
 
     @property
@@ -36,6 +37,8 @@ class KillAt(Callback):
         return None
 
     def _kill_if(self, name: str) -> None:
+        if self.run is not None and self.loop.run_dir.name != self.run:
+            return
         armed = self.armed
         if armed is not None and armed[0] == name:
             phase = next(p for p in self.phases if p.partition("@")[0] == name)

@@ -2,19 +2,14 @@
 then the report computed from the run directories."""
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from lightning_al.report.command import make_report
 from lightning_al.study import main as study
-from tests.conftest import REPO, tiny_run_args
+from tests.conftest import tiny_run_args
 from tests.helpers import read_rounds
 
 CONFIG = "study:\n  name: mini\n  strategies: [random, entropy]\n  rounds: [1, 2]\n  seeds: [3]\n"
@@ -24,21 +19,20 @@ def _ids(run_dir):
     return {row["id"] for rows in read_rounds(run_dir).values() for row in rows}
 
 
-def test_study_resumes_after_a_kill_and_reports(workdir):
+def test_study_resumes_after_a_kill_and_reports(workdir, driver):
     (workdir / "study.yaml").write_text(CONFIG)
-    overrides = [a for a in tiny_run_args(workdir, **{"loop.epochs_per_round": 3})
+    overrides = [a for a in tiny_run_args(workdir, **{"loop.epochs_per_round": 1})
                  if not a.startswith(("--run_name", "--seed_everything"))]
-    command = [sys.executable, "-m", "lightning_al", "study", "--config=study.yaml", "--no_report", *overrides]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # `lightning-al study` in a process of its own, killed (SIGKILL) in the middle of the second cell: at the
+    # end of its first training step, after the checkpoint of its round 0.
+    kill = json.dumps({"class_path": "tests.kill_switch.KillAt",
+                       "init_args": {"phases": ["step:1"], "marker_dir": str(workdir / "markers"),
+                                     "run": "random-m2-s3"}})
+    code, log = driver.run(workdir, ["lightning-al", "study", "--config=study.yaml", "--no_report", *overrides,
+                                     f"--trainer.callbacks=[{kill}]"])
+    assert code == -9, log[-3000:]
     second = workdir / "checkpoints" / "mini" / "random-m2-s3"
-    deadline = time.time() + 300
-    while not (second / "last.ckpt").exists():  # killed in the middle of the second cell
-        assert process.poll() is None, process.stderr.read().decode()[-3000:]
-        assert time.time() < deadline, "the second cell never wrote a checkpoint"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
+    assert (second / "last.ckpt").exists()
     first = workdir / "checkpoints" / "mini" / "random-m1-s3"
     assert (first / "metrics.jsonl").exists() and not (second / "metrics.jsonl").exists()
     stamps = {p: p.stat().st_mtime_ns for p in [*first.rglob("*.jsonl"), second / "rounds" / "round_0.jsonl"]}
