@@ -2,13 +2,12 @@
 before the model is loaded."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from lightning_al import module
 from lightning_al.cli import main
+from lightning_al.commands import main as command
 from lightning_al.data.sources import DataValidationError
 from tests.conftest import REPO, SHARED, tiny_run_args
 
@@ -44,12 +43,17 @@ def test_impossible_budget_split(workdir, no_model_load, overrides, message):
         main(["fit", *tiny_run_args(workdir, **overrides)])
 
 
-def test_unknown_strategy_names_the_key(workdir):
+def test_unknown_strategy_names_the_key(workdir, capsys):
+    """Through the command's entry point (`lightning-al fit`): a failure, and its message names the key."""
     args = tiny_run_args(workdir, **{"loop.strategy": "lightning_al.strategies.NoSuchSampling"})
-    result = subprocess.run([sys.executable, "-m", "lightning_al", "fit", *args], check=False, cwd=workdir,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0
-    assert "loop.strategy" in result.stderr and "NoSuchSampling" in result.stderr
+    with pytest.raises((SystemExit, Exception)) as stop:
+        command(["fit", *args])
+    if isinstance(stop.value, SystemExit):  # an argument error: printed, non-zero exit
+        assert stop.value.code not in (0, None)
+        message = capsys.readouterr().err
+    else:  # raised: the process would print it and exit 1
+        message = str(stop.value)
+    assert "loop.strategy" in message and "NoSuchSampling" in message
     assert_nothing_written(workdir)
 
 
@@ -125,12 +129,12 @@ def test_fresh_run_does_not_overwrite_an_earlier_one(workdir):
 
 @pytest.mark.parametrize("configs", [["llama-3.2-1b-instruct.yaml"],
                                      ["llama-3.2-1b-instruct.yaml", "study-llama-3.2-1b.yaml"]])  # the study layers
-def test_reference_config_prints_offline(configs):
-    result = subprocess.run(
-        [sys.executable, "-m", "lightning_al", "fit", *(f"--config=configs/{c}" for c in configs), "--print_config"],
-        check=False, cwd=REPO, capture_output=True, text=True, timeout=120,
-    )
-    assert result.returncode == 0, result.stderr
-    assert "meta-llama/Llama-3.2-1B-Instruct" in result.stdout
-    assert "budget: 50000" in result.stdout and "rounds: 2" in result.stdout and "cais/mmlu" in result.stdout
-    assert ("study:\n  name: llama-3.2-1b\n" in result.stdout) == (len(configs) == 2)
+def test_reference_config_prints_offline(configs, monkeypatch, capsys):
+    monkeypatch.chdir(REPO)  # HF_HUB_OFFLINE=1 (tests/conftest.py): nothing may be looked up on the hub
+    with pytest.raises(SystemExit) as stop:
+        command(["fit", *(f"--config=configs/{c}" for c in configs), "--print_config"])
+    printed = capsys.readouterr()
+    assert stop.value.code in (0, None), printed.err
+    assert "meta-llama/Llama-3.2-1B-Instruct" in printed.out
+    assert "budget: 50000" in printed.out and "rounds: 2" in printed.out and "cais/mmlu" in printed.out
+    assert ("study:\n  name: llama-3.2-1b\n" in printed.out) == (len(configs) == 2)
