@@ -197,6 +197,7 @@ class BigBenchHard(GenerativeEvaluation):
     """
 
     stop_strings = BBH_STOP_STRINGS
+    batch_by_group = True  # a task's questions share its 3-shot exemplars
 
     def __init__(self, path: str, tasks: list[str] | None = None, max_examples_per_task: int | None = None,
                  max_new_tokens: int = 256, chat_template: bool = True, seed: int = 0, name: str = "bbh",

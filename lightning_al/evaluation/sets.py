@@ -87,6 +87,9 @@ class Evaluation(EvaluationPass):
 
     #: The metric's name in logs: ``<name>/<metric>`` (macro), ``<name>/<metric>_micro``, ``<name>/<metric>/<group>``.
     metric_name = "accuracy"
+    #: Batches come group (task) by group: its examples share a few-shot prompt, which generation
+    #: then runs once per batch (``greedy_generate``) instead of once per example.
+    batch_by_group = False
 
     def __init__(self, name: str, rounds: list[int] | None = None) -> None:
         super().__init__(name)
@@ -124,6 +127,9 @@ class Evaluation(EvaluationPass):
         # Longest prompts first: batches of similar lengths, and an out-of-memory error shows up at once.
         lengths = np.array([row["prompt_length"] for row in self.rows])
         order = length_sorted(np.arange(len(self.rows)), lengths)
+        if self.batch_by_group:  # stable: longest first within each group
+            groups = np.array([row["group"] for row in self.rows])
+            order = order[np.argsort(groups[order], kind="stable")]
         collator = CausalLMCollator(pad_token_id, padding_side="left", prompt_only=True)
         return DataLoader([self.rows[i] for i in order], batch_size=batch_size, shuffle=False,
                           collate_fn=collator, num_workers=num_workers)
@@ -160,9 +166,18 @@ class GenerativeEvaluation(Evaluation):
         self.metrics["answered"] = ExampleMean()  # per example: DDP's padding repeats count once
 
     def correct(self, module, batch: Batch) -> torch.Tensor:
-        texts = greedy_generate(module.model, module.tokenizer, batch["input_ids"], batch["attention_mask"],
-                                self.max_new_tokens, module.stop_token_ids, self.stop_strings)
         rows = [self.rows[i] for i in batch["index"].tolist()]
+        texts = [""] * len(rows)
+        # A batch that spans two groups (where one ends, or as DDP shards them) generates each apart,
+        # so that each part's shared prompt is run once.
+        parts = [[i for i, r in enumerate(rows) if r["group"] == g] for g in dict.fromkeys(r["group"] for r in rows)]
+        for part in parts if self.batch_by_group else [list(range(len(rows)))]:
+            mask = batch["attention_mask"][part]
+            first = int(mask.any(0).nonzero()[0])  # drop the columns that are padding in every row
+            generated = greedy_generate(module.model, module.tokenizer, batch["input_ids"][part, first:], mask[:, first:],
+                                        self.max_new_tokens, module.stop_token_ids, self.stop_strings)
+            for i, text in zip(part, generated):
+                texts[i] = text
         texts = [truncate_at_stop(t, self.stop_strings) for t in texts]
         predictions = [self.prediction(t, r) for t, r in zip(texts, rows)]
         self.metrics["answered"].update(torch.tensor([float(p is not None) for p in predictions]), batch["index"])

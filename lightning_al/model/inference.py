@@ -89,6 +89,69 @@ def clean_generation_config(model: PreTrainedModel, stop_ids: list[int], pad_tok
         owner.generation_config = own_config
 
 
+#: Rows of a batch that share at least this many leading tokens (few-shot exemplars) have them run once.
+MIN_SHARED_PREFIX = 64
+
+
+def shared_prefix_length(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> int:
+    """How many leading content tokens every row of a left-padded batch has in common, leaving each
+    row at least one token of its own (the first generation step needs one)."""
+    lengths = attention_mask.sum(1)
+    shortest = int(lengths.min())
+    if input_ids.shape[0] < 2 or shortest < 2:
+        return 0
+    width = input_ids.shape[1]
+    # Content right-aligned by left padding: row i's token t sits at column width - length_i + t.
+    columns = width - lengths.unsqueeze(1) + torch.arange(shortest - 1, device=input_ids.device).unsqueeze(0)
+    content = input_ids.gather(1, columns)
+    differs = (content != content[:1]).any(0)
+    return int(differs.nonzero()[0]) if differs.any() else shortest - 1
+
+
+def _middle_padded(input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same rows as ``[shared prefix][padding][own tokens]``: the prefix at the same columns in
+    every row, so that one pass over it serves the whole batch. Positions come from the mask, so
+    every token keeps its position."""
+    lengths = attention_mask.sum(1)
+    width = input_ids.shape[1]
+    ids = input_ids.clone()
+    mask = attention_mask.clone()
+    for row, length in enumerate(lengths.tolist()):
+        start = width - length
+        ids[row, :prefix] = input_ids[row, start:start + prefix]
+        mask[row, :prefix] = 1
+        mask[row, prefix:start + prefix] = 0
+    return ids, mask
+
+
+def _can_share_prefix(model: PreTrainedModel, width: int) -> bool:
+    """Whether middle padding leaves the model's attention unchanged: not with a sliding window
+    shorter than the batch (the window counts columns, and the padding would take some of it)."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    config = owner.config
+    window = getattr(config, "sliding_window", None)
+    if getattr(config, "use_sliding_window", True) is False:
+        window = None
+    return not window or window >= width
+
+
+def _prefix_cache(model: PreTrainedModel, prefix_ids: torch.Tensor, rows: int) -> dict[str, object]:
+    """``generate``'s keyword for a KV cache of ``prefix_ids`` [1, P], copied to ``rows`` rows; empty
+    when the model's cache cannot be copied (then the plain path runs)."""
+    owner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    kwargs = {"use_cache": True}
+    if "logits_to_keep" in inspect.signature(owner.forward).parameters:
+        kwargs["logits_to_keep"] = 1  # the prefix's logits are never read
+    with torch.no_grad():  # not inference tensors: generate() appends to this cache outside inference mode
+        cache = model(input_ids=prefix_ids, **kwargs).past_key_values
+    if not hasattr(cache, "batch_repeat_interleave"):
+        return {}
+    cache.batch_repeat_interleave(rows)
+    # transformers 5 renamed generate's `past_key_values` to `cache`.
+    parameters = inspect.signature(owner.prepare_inputs_for_generation).parameters
+    return {"cache" if "cache" in parameters else "past_key_values": cache}
+
+
 def greedy_generate(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -103,15 +166,25 @@ def greedy_generate(
     Generation stops at an end-of-turn id, at ``max_new_tokens`` or once every row has produced one
     of ``stop_strings``; the text is returned untruncated (cut it with ``truncate_at_stop``), since a
     row that stopped may still have decoded a few tokens while the others went on.
+
+    Rows that begin with the same ``MIN_SHARED_PREFIX`` tokens or more (the exemplars of a few-shot
+    prompt) have that prefix run once, its keys and values copied to every row: on a CPU, prefill of
+    the long shared exemplars is most of a few-shot evaluation's time. Same tokens, same positions,
+    same masks: the continuations are those of the plain path (tested, several model families).
     """
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids,
         pad_token_id=tokenizer.pad_token_id, stop_strings=list(stop_strings) or None,
     )
+    extra = {}
+    prefix = shared_prefix_length(input_ids, attention_mask)
+    if prefix >= MIN_SHARED_PREFIX and _can_share_prefix(model, input_ids.shape[1] + max_new_tokens):
+        input_ids, attention_mask = _middle_padded(input_ids, attention_mask, prefix)
+        extra = _prefix_cache(model, input_ids[:1, :prefix], input_ids.shape[0])
     with clean_generation_config(model, stop_ids, tokenizer.pad_token_id):
         output = model.generate(
             input_ids=input_ids, attention_mask=attention_mask, generation_config=config,
-            tokenizer=tokenizer if stop_strings else None,
+            tokenizer=tokenizer if stop_strings else None, **extra,
         )
     new_tokens = output[:, input_ids.shape[1]:]
     return tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
