@@ -10,68 +10,41 @@ or dataset and the row, because a silently skipped or mangled example skews
 every acquisition round after it. ``drop_invalid=True`` opts into dropping
 invalid rows with a logged warning instead.
 
-File, hub and FLAN pools are validated as a stream, ``_CHUNK_ROWS`` rows at a time, into an Arrow
+File, hub and FLAN pools are validated as a stream, ``CHUNK_ROWS`` rows at a time, into an Arrow
 file on disk (``<cache_dir>/pool-<hash>.arrow``) that the returned dataset memory-maps: a pool of
 millions of rows is never held in Python, and the processes that tokenize it read it from that file
 instead of inheriting (or being sent) a copy.
+
+The sources are here; what they share is beside them: ``files`` reads a local file's records (with
+their lines), ``examples`` validates records into examples, ``pool_file`` writes and maps the pool's
+Arrow file. Their public names are importable from here too, as before.
 """
 
 from __future__ import annotations
 
 import abc
-import csv
 import hashlib
 import inspect
-import itertools
-import json
-import logging
 import os
 import shutil
-import tempfile
 import urllib.request
-from array import array
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
 
 import datasets
-import pyarrow as pa
-from datasets.arrow_writer import ArrowWriter
-from datasets.exceptions import DatasetGenerationError, DatasetNotFoundError
-from datasets.table import MemoryMappedTable
+from datasets.exceptions import DatasetNotFoundError
 
+from lightning_al.data.examples import FIELD_NAMES, assemble, decode, examples_of_records, required_text
+from lightning_al.data.files import DataValidationError, FileRecords, InvalidRow, read_file, table_records
+from lightning_al.data.pool_file import POOL_COLUMNS, POOL_FEATURES, Example, default_pool_dir, write_pool
 from lightning_al.data.synthetic import generate_examples
 
-logger = logging.getLogger(__name__)
-
-POOL_COLUMNS = ("id", "task", "system", "prompt", "response")
-FIELD_NAMES = (*POOL_COLUMNS, "messages")
-POOL_FEATURES = datasets.Features({column: datasets.Value("string") for column in POOL_COLUMNS})
-
-Example = dict[str, str]
-
-_EXTENSION_FORMATS = {".jsonl": "jsonl", ".json": "json", ".parquet": "parquet", ".csv": "csv", ".tsv": "tsv"}
-_FORMATS = ("jsonl", "json", "parquet", "csv", "tsv")
-_CONVERSATION_FIELDS = ("system", "prompt", "response")
-_LISTED_ROWS = 5
-#: Rows converted, held in Python and written to the pool's Arrow file at a time (datasets' own writer batch size).
-_CHUNK_ROWS = 1000
-
-
-class DataValidationError(ValueError):
-    """A pool source is missing, malformed, misconfigured or holds an invalid row."""
-
-
-class InvalidRow(Exception):
-    """A row that cannot become an example: a line that does not parse (``read_file`` returns it in the
-    row's place), or a record with a missing or bad field (raised while converting it)."""
-
-    def __init__(self, reason: str, example_id: str | None = None) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.example_id = example_id
+__all__ = [  # (the sources, and the names other modules and users import from here)
+    "FIELD_NAMES", "FLAN_COT_TASKS", "FLAN_COT_URL", "POOL_COLUMNS", "POOL_FEATURES", "DataValidationError",
+    "Example", "FileRecords", "FlanCoT", "HubDataset", "InvalidRow", "LocalFile", "PoolSource", "SyntheticTasks",
+    "default_pool_dir", "download", "read_file",
+]
 
 
 class PoolSource(abc.ABC):
@@ -172,7 +145,7 @@ class LocalFile(PoolSource):
         if not path.is_file():
             raise DataValidationError(f"{path}: file not found (LocalFile.path)")
         file = read_file(path, self.format)
-        examples = _examples_of_records(
+        examples = examples_of_records(
             file.records,
             file.columns,
             source=str(path),
@@ -181,7 +154,7 @@ class LocalFile(PoolSource):
             drop_invalid=self.drop_invalid,
             line_of=file.line_of,
         )
-        return _write_pool(examples, cache_dir)
+        return write_pool(examples, cache_dir)
 
 
 class HubDataset(PoolSource):
@@ -237,8 +210,8 @@ class HubDataset(PoolSource):
     def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
         table = _load_hub_dataset(self.name, self.subset, self.split, self.revision)
         subset = f"/{self.subset}" if self.subset else ""
-        examples = _examples_of_records(
-            _table_records(table),
+        examples = examples_of_records(
+            table_records(table),
             table.column_names,
             source=f"{self.name}{subset}[{self.split}]",
             fields=self.fields,
@@ -246,7 +219,7 @@ class HubDataset(PoolSource):
             drop_invalid=self.drop_invalid,
             line_of=None,
         )
-        return _write_pool(examples, cache_dir)
+        return write_pool(examples, cache_dir)
 
 
 #: The canonical copy of the FLAN v2 chain-of-thought files: google-research/FLAN on GitHub.
@@ -282,12 +255,12 @@ class FlanCoT(PoolSource):
         self.drop_invalid = drop_invalid
 
     def load(self, cache_dir: str | Path | None = None) -> datasets.Dataset:
-        return _write_pool(self._examples(self._task_files()), cache_dir)
+        return write_pool(self._examples(self._task_files()), cache_dir)
 
     def _examples(self, files: dict[str, Path]) -> Iterator[Example]:
         for task, file in files.items():
             with file.open("rb") as handle:
-                yield from _assemble(
+                yield from assemble(
                     str(file), enumerate(handle), partial(_flan_example, task), self.drop_invalid, _next_line
                 )
 
@@ -350,13 +323,13 @@ def _flan_task(file: Path) -> str:
 
 
 def _flan_example(task: str, row: int, raw_line: bytes) -> Example:
-    line = _decode(raw_line.rstrip(b"\r\n"), "line")
+    line = decode(raw_line.rstrip(b"\r\n"), "line")
     parts = line.split("\t")
     if len(parts) != 3:
         raise InvalidRow(f"expected 3 tab-separated fields (question, answer, rationale), found {len(parts)}")
     # FLAN stores newlines inside a field as the two characters backslash and n.
     question, answer, rationale = (
-        _required_text(part.replace("\\n", "\n").strip(), name)
+        required_text(part.replace("\\n", "\n").strip(), name)
         for part, name in zip(parts, ("question", "answer", "rationale"))
     )
     return {
@@ -366,69 +339,6 @@ def _flan_example(task: str, row: int, raw_line: bytes) -> Example:
         "prompt": question,
         "response": f"{rationale} So the answer is {answer}.",
     }
-
-
-class FileRecords(NamedTuple):
-    """A local file's records, as ``read_file`` reads them.
-
-    Attributes:
-        format: jsonl, json, parquet, csv or tsv.
-        columns: Every column (key) of any record, in order of first appearance.
-        records: ``(row, record)`` pairs, ``row`` counting from 0, read lazily (once); a record that does not
-            parse is an ``InvalidRow`` saying why.
-        line_of: The line of a row in the file, once the row has been read (None for parquet and JSON
-            arrays, which have no row lines).
-    """
-
-    format: str
-    columns: list[str]
-    records: Iterable[tuple[int, dict[str, Any] | InvalidRow]]
-    line_of: Callable[[int], int] | None
-
-
-def read_file(path: Path, fmt: str | None = None) -> FileRecords:
-    """The records of a local jsonl, json, parquet, csv or tsv file (``fmt``, or from the extension).
-
-    Text formats are parsed here, line by line, so that a malformed line is reported with its number
-    (and can be dropped) instead of a parser's "position 46" for the whole file; csv / tsv values stay
-    text. The records are read as they are iterated, never all held at once (except a JSON array's,
-    which has no lines to read one by one). Pools (``LocalFile``) and multiple-choice evaluation files
-    are read by this one function.
-
-    Raises:
-        DataValidationError: an unknown format, a file that is not UTF-8 text or not parquet.
-    """
-    fmt = _file_format(path, fmt)
-    if fmt == "parquet":
-        table = _load_parquet(path)
-        return FileRecords(fmt, table.column_names, _table_records(table), None)
-    if fmt in ("csv", "tsv"):
-        return _read_delimited(path, fmt)
-    if fmt == "json" and _starts_a_json_array(path):
-        return _read_json_array(path)
-    # JSON lines (Dataset.to_json writes them even to a .json file).
-    return _read_json_lines(path, fmt)
-
-
-def _file_format(path: Path, fmt: str | None) -> str:
-    if fmt is None:
-        inferred = _EXTENSION_FORMATS.get(path.suffix.lower())
-        if inferred is None:
-            raise DataValidationError(
-                f"{path}: cannot infer the format from extension {path.suffix!r}; "
-                f"set `format` to one of {list(_FORMATS)}"
-            )
-        return inferred
-    if fmt not in _FORMATS:
-        raise DataValidationError(f"{path}: unknown `format` {fmt!r}; valid formats are {list(_FORMATS)}")
-    return fmt
-
-
-def _load_parquet(path: Path) -> datasets.Dataset:
-    try:
-        return datasets.load_dataset("parquet", data_files=str(path), split="train")
-    except DatasetGenerationError as err:
-        raise DataValidationError(f"{path}: cannot be read as parquet: {_root_cause(err)}") from err
 
 
 def _load_hub_dataset(name: str, subset: str | None, split: str, revision: str | None) -> datasets.Dataset:
@@ -443,356 +353,3 @@ def _load_hub_dataset(name: str, subset: str | None, split: str, revision: str |
 
 def _next_line(row: int) -> int:
     return row + 1
-
-
-def _read_json_lines(path: Path, fmt: str) -> FileRecords:
-    """A JSON lines file, parsed twice, one line at a time: a first pass finds every key of any line (the
-    columns that fields map to), the records' pass converts. Blank lines are skipped."""
-    columns = dict.fromkeys(key for _, record in _json_lines(path) if isinstance(record, dict) for key in record)
-    lines = array("q")
-
-    def records() -> Iterator[tuple[int, dict[str, Any] | InvalidRow]]:
-        for row, (line, record) in enumerate(_json_lines(path)):
-            lines.append(line)
-            yield row, record
-
-    return FileRecords(fmt, list(columns), records(), lines.__getitem__)
-
-
-def _json_lines(path: Path) -> Iterator[tuple[int, dict[str, Any] | InvalidRow]]:
-    """(line number, record) of each non-blank line; a line that does not parse is an InvalidRow."""
-    # Lines end at "\n" only: str.splitlines would also split at U+0085 / U+2028, which JSON strings may hold.
-    for line, text in enumerate(_utf8_lines(path, newline="\n"), start=1):
-        if not text.strip():
-            continue
-        try:
-            record = json.loads(text)
-        except json.JSONDecodeError as err:
-            record = InvalidRow(f"not valid JSON ({err.msg} at column {err.colno})")
-        if not isinstance(record, (dict, InvalidRow)):
-            record = InvalidRow(f"not a JSON object but {type(record).__name__}")
-        yield line, record
-
-
-def _starts_a_json_array(path: Path) -> bool:
-    first = next((text for text in _utf8_lines(path, newline="\n") if text.strip()), "")
-    return first.lstrip().startswith("[")
-
-
-def _read_json_array(path: Path) -> FileRecords:
-    """A JSON array, parsed whole (its format has no lines to stream; JSON lines suit large pools)."""
-    try:
-        records = json.loads(_read_utf8(path))
-    except json.JSONDecodeError as err:
-        raise DataValidationError(f"{path}: line {err.lineno}, column {err.colno}: not valid JSON: {err.msg}") from None
-    records = [r if isinstance(r, dict) else InvalidRow(f"not a JSON object but {type(r).__name__}") for r in records]
-    columns = dict.fromkeys(key for record in records if isinstance(record, dict) for key in record)
-    return FileRecords("json", list(columns), enumerate(records), None)
-
-
-def _read_delimited(path: Path, fmt: str) -> FileRecords:
-    """A csv / tsv file with a header line, read one record at a time (a quoted field may span lines).
-
-    All values stay text: type inference would turn "007" into 7 and "NA" into None.
-    """
-    delimiter = "\t" if fmt == "tsv" else ","
-    header = next(_csv_rows(path, delimiter), (0, None))[1]
-    if not header:
-        raise DataValidationError(f"{path}: empty file, expected a header line")
-    lines = array("q")
-
-    def records() -> Iterator[tuple[int, dict[str, str] | InvalidRow]]:
-        for row, (line, values) in enumerate(itertools.islice(_csv_rows(path, delimiter), 1, None)):
-            lines.append(line)
-            yield row, (
-                dict(zip(header, values))
-                if len(values) == len(header)
-                else InvalidRow(f"expected {len(header)} fields (the header's), found {len(values)}")
-            )
-
-    return FileRecords(fmt, header, records(), lines.__getitem__)
-
-
-def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[int, list[str]]]:
-    """(first line, values) of each non-blank csv record, the header included."""
-    reader = csv.reader(_utf8_lines(path, newline=""), delimiter=delimiter)
-    start = 1
-    try:
-        for values in reader:
-            if values:  # blank lines are skipped
-                yield start, values
-            start = reader.line_num + 1
-    except csv.Error as err:
-        raise DataValidationError(f"{path}: line {reader.line_num}: {err}") from None
-
-
-def _utf8_lines(path: Path, newline: str) -> Iterator[str]:
-    """The lines of a UTF-8 file (a leading BOM dropped), read lazily; a byte that is not UTF-8 fails
-    naming its line. ``newline`` as for ``open``: "\n" splits there only, "" also at "\r" (csv)."""
-    try:
-        with path.open(encoding="utf-8-sig", newline=newline) as handle:
-            yield from handle
-    except UnicodeDecodeError:
-        # The decoder reads ahead in blocks, so its error does not say which line; find it.
-        raise DataValidationError(f"{path}: line {_first_non_utf8_line(path)} is not valid UTF-8") from None
-
-
-def _first_non_utf8_line(path: Path) -> int:
-    # A UTF-8 sequence never holds the byte "\n", so decoding line by line finds the exact line.
-    with path.open("rb") as handle:
-        for line, raw in enumerate(handle, start=1):
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError:
-                return line
-    raise AssertionError(f"{path}: a decoding error in a file whose every line is UTF-8")
-
-
-def _read_utf8(path: Path) -> str:
-    """The text of ``path``; a file that is not UTF-8 fails with the line of the first bad byte."""
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data.count(b"\n", 0, err.start) + 1
-        raise DataValidationError(f"{path}: line {line} is not valid UTF-8") from None
-
-
-def _root_cause(err: BaseException) -> BaseException:
-    while err.__cause__ is not None or err.__context__ is not None:
-        err = err.__cause__ or err.__context__
-    return err
-
-
-def _resolve_fields(fields: dict[str, str] | None, columns: list[str], source: str) -> dict[str, str]:
-    """Map pool field names to source columns: explicit entries plus identity for existing columns."""
-    explicit = dict(fields or {})
-    for key, column in explicit.items():
-        if key not in FIELD_NAMES:
-            raise DataValidationError(f"{source}: fields.{key} is not a pool field; valid keys are {list(FIELD_NAMES)}")
-        if column not in columns:
-            raise DataValidationError(
-                f"{source}: fields.{key} -> {column!r} names a missing column; available columns: {columns}"
-            )
-    if "messages" in explicit and {"prompt", "response"} & explicit.keys():
-        raise DataValidationError(f"{source}: fields maps both messages and prompt/response; map only one of them")
-    # Explicitly choosing `messages` must win over same-named prompt/response columns.
-    skip = _CONVERSATION_FIELDS if "messages" in explicit else ()
-    defaults = {name: name for name in FIELD_NAMES if name in columns and name not in explicit and name not in skip}
-    mapping = {**defaults, **explicit}
-    if "prompt" in mapping and "response" in mapping:
-        mapping.pop("messages", None)
-    elif "messages" in mapping:
-        for name in _CONVERSATION_FIELDS:
-            mapping.pop(name, None)
-    else:
-        raise DataValidationError(
-            f"{source}: set fields.prompt and fields.response, or fields.messages; available columns: {columns}"
-        )
-    return mapping
-
-
-def _table_records(table: datasets.Dataset) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(row, record) of an Arrow-backed table, read ``_CHUNK_ROWS`` rows at a time, one column at a time."""
-    columns = {name: table.select_columns([name]) for name in table.column_names}
-    for start in range(0, len(table), _CHUNK_ROWS):
-        stop = min(start + _CHUNK_ROWS, len(table))
-        chunk = {name: _column_values(column, name, start, stop) for name, column in columns.items()}
-        for offset, values in enumerate(zip(*chunk.values())):
-            yield start + offset, dict(zip(chunk, values))
-
-
-def _column_values(column: datasets.Dataset, name: str, start: int, stop: int) -> list[Any]:
-    try:
-        return column[start:stop][name]
-    except UnicodeDecodeError:
-        # Arrow does not validate UTF-8 when reading parquet; raw bytes let the row checks name each bad row.
-        return column.data.column(name).slice(start, stop - start).cast(pa.large_binary()).to_pylist()
-
-
-def _examples_of_records(
-    records: Iterable[tuple[int, Any]],
-    columns: list[str],
-    source: str,
-    fields: dict[str, str] | None,
-    default_task: str,
-    drop_invalid: bool,
-    line_of: Callable[[int], int] | None,
-) -> Iterator[Example]:
-    mapping = _resolve_fields(fields, columns, source)  # (at once: a bad mapping fails before any row is read)
-    return _assemble(
-        source,
-        records,
-        lambda row, record: _table_example(row, record, mapping, default_task),
-        drop_invalid,
-        line_of,
-    )
-
-
-def _table_example(row: int, record: dict[str, Any] | InvalidRow, mapping: dict[str, str], default_task: str) -> Example:
-    if isinstance(record, InvalidRow):
-        raise record  # a line that could not be parsed
-    # A key absent from a JSON line reads as missing.
-    record = {name: record.get(column) for name, column in mapping.items()}
-    task = _required_text(record["task"], "task") if "task" in mapping else default_task
-    example_id = _example_id(record["id"]) if "id" in mapping else f"{task}-{row}"
-    try:
-        if "messages" in mapping:
-            system, prompt, response = _split_messages(record["messages"])
-        else:
-            system = _optional_text(record["system"], "system") if "system" in mapping else ""
-            prompt = _required_text(record["prompt"], "prompt")
-            response = _required_text(record["response"], "response")
-    except InvalidRow as err:
-        raise InvalidRow(err.reason, example_id) from None
-    return {"id": example_id, "task": task, "system": system, "prompt": prompt, "response": response}
-
-
-def _example_id(value: Any) -> str:
-    text = _decode(value, "id") if isinstance(value, bytes) else str(value if value is not None else "")
-    if not text.strip():
-        raise InvalidRow("id is missing or empty")
-    return text
-
-
-def _split_messages(messages: Any) -> tuple[str, str, str]:
-    """Split a single-turn chat into (system, prompt, response)."""
-    if not isinstance(messages, list) or not messages:
-        raise InvalidRow("messages is not a non-empty list")
-    roles, contents = [], []
-    for index, message in enumerate(messages):
-        if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise InvalidRow(f"messages[{index}] is not a {{role, content}} mapping")
-        roles.append(message["role"])
-        contents.append(message["content"])
-    n_system = next((index for index, role in enumerate(roles) if role != "system"), len(roles))
-    if roles[n_system:] != ["user", "assistant"]:
-        raise InvalidRow(
-            f"messages roles {roles}: expected optional system turns, one user turn, then a final assistant turn"
-        )
-    system = "\n".join(_optional_text(content, "system message") for content in contents[:n_system])
-    return system, _required_text(contents[-2], "user message"), _required_text(contents[-1], "assistant message")
-
-
-def _decode(value: bytes, what: str) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        raise InvalidRow(f"{what} is not valid UTF-8") from None
-
-
-def _optional_text(value: Any, what: str) -> str:
-    """Validate a text value that may be absent (None becomes "")."""
-    if value is None:
-        return ""
-    if isinstance(value, bytes):
-        value = _decode(value, what)
-    if not isinstance(value, str):
-        raise InvalidRow(f"{what} is not a string but {type(value).__name__}")
-    if "\ufffd" in value:
-        raise InvalidRow(f"{what} contains U+FFFD, the mark of undecodable text")
-    return value
-
-
-def _required_text(value: Any, what: str) -> str:
-    if value is None:
-        raise InvalidRow(f"{what} is missing")
-    text = _optional_text(value, what)
-    if not text.strip():
-        raise InvalidRow(f"{what} is empty")
-    return text
-
-
-def _assemble(
-    source: str,
-    records: Iterable[tuple[int, Any]],
-    convert: Callable[[int, Any], Example],
-    drop_invalid: bool,
-    line_of: Callable[[int], int] | None,
-) -> Iterator[Example]:
-    """Convert records as they are read, dropping or raising on invalid ones, and check that ids are unique
-    (the one thing kept of every row is its id)."""
-    first_row_of_id: dict[str, int] = {}
-    dropped: dict[str, list[int]] = defaultdict(list)
-    total = 0
-    for row, record in records:
-        total += 1
-        try:
-            example = convert(row, record)
-        except InvalidRow as err:
-            if not drop_invalid:
-                where = _location(row, line_of(row) if line_of is not None else None, err.example_id)
-                raise DataValidationError(f"{source}: {where}: {err.reason}") from None
-            dropped[err.reason].append(row)
-            continue
-        first_row = first_row_of_id.setdefault(example["id"], row)
-        if first_row != row:
-            raise DataValidationError(f"{source}: duplicate id {example['id']!r} in rows {first_row} and {row}")
-        yield example
-    if dropped:
-        _warn_dropped(source, dropped, total)
-
-
-def _location(row: int, line: int | None, example_id: str | None) -> str:
-    details = [f"line {line}"] if line is not None else []
-    details += [f"id {example_id!r}"] if example_id is not None else []
-    return f"row {row} ({', '.join(details)})" if details else f"row {row}"
-
-
-def _warn_dropped(source: str, dropped: dict[str, list[int]], total: int) -> None:
-    count = sum(len(rows) for rows in dropped.values())
-    reasons = "; ".join(f"{reason}: {len(rows)} (rows {_row_list(rows)})" for reason, rows in dropped.items())
-    logger.warning("%s: dropped %d of %d rows as invalid: %s", source, count, total, reasons)
-
-
-def _row_list(rows: list[int]) -> str:
-    listed = ", ".join(map(str, rows[:_LISTED_ROWS]))
-    return listed + (", ..." if len(rows) > _LISTED_ROWS else "")
-
-
-def _write_pool(examples: Iterable[Example], cache_dir: str | Path | None) -> datasets.Dataset:
-    """The examples written to an Arrow file ``_CHUNK_ROWS`` at a time (as ``datasets`` writes its own
-    caches), as a dataset that memory-maps it.
-
-    The file is named after its contents: the same pool read again finds its name taken by identical
-    bytes instead of filling the cache, and a process never maps a file another one is still writing
-    (each writes a temporary file of its own, renamed once complete).
-    """
-    folder = Path(cache_dir) if cache_dir is not None else default_pool_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(dir=folder, prefix="pool-", suffix=".arrow.incomplete")
-    os.close(handle)
-    partial_file = Path(name)
-    try:
-        with ArrowWriter(features=POOL_FEATURES, path=name) as writer:
-            for chunk in _chunks(examples, _CHUNK_ROWS):
-                writer.write_batch({column: [example[column] for example in chunk] for column in POOL_COLUMNS})
-            writer.finalize()
-        digest = _file_sha256(partial_file)[:16]
-        target = folder / f"pool-{digest}.arrow"
-        if not target.exists():  # (if it does, it holds these bytes, maybe mapped by another run: kept)
-            partial_file.replace(target)
-    finally:
-        partial_file.unlink(missing_ok=True)  # (a duplicate, or a failure left it incomplete)
-    # Fingerprinted by its contents (Dataset.from_file draws a random one), so that datasets' caches of its
-    # transforms, such as the max_pool_size subset, are found again by the next run instead of written anew.
-    return datasets.Dataset(MemoryMappedTable.from_file(str(target)), fingerprint=digest)
-
-
-def default_pool_dir() -> Path:
-    """Where pools' Arrow files go when no ``cache_dir`` is given: beside ``datasets``' own caches."""
-    return Path(datasets.config.HF_DATASETS_CACHE) / "lightning_al" / "pools"
-
-
-def _chunks(items: Iterable[Example], size: int) -> Iterator[list[Example]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(partial(handle.read, 1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
