@@ -62,15 +62,8 @@ def test_fit_runs_all_rounds_and_writes_outputs(workdir):
         torch.testing.assert_close(loaded.eval()(batch).logits, trained.eval()(batch).logits)
 
 
-@pytest.mark.parametrize("policy", ["scratch", "incremental"])
-def test_training_set_per_policy(workdir, policy):
-    """scratch trains on all labels; incremental only on the newest round. The labeled set only grows."""
-    cli = main(["fit", *tiny_run_args(workdir, **{"loop.retraining": policy, "loop.rounds": 2})])
-    dm = cli.datamodule
-    loader_indices = {int(i) for batch in dm.train_dataloader() for i in batch["index"]}
-    expected = dm.labeled_indices(1) if policy == "incremental" else dm.labeled_indices()
-    assert loader_indices == set(expected.tolist())
-    assert set(dm.labeled_indices(0).tolist()) < set(dm.labeled_indices().tolist())
+#: The run of the resume tests: scratch retraining (all labels every round), 2 rounds of 2 epochs.
+SCRATCH = {"loop.retraining": "scratch", "loop.rounds": 2}
 
 
 def _final(cli):
@@ -78,15 +71,38 @@ def _final(cli):
     return {r: [row["id"] for row in rows] for r, rows in rounds.items()}, float(cli.trainer.callback_metrics["heldout/loss"])
 
 
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted run of SCRATCH: what the resumed runs must end with, and the scratch policy's run."""
+    folder = tmp_path_factory.mktemp("reference")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)
+        cli = main(["fit", *tiny_run_args(folder, run_name="reference", **SCRATCH)])
+        return cli, _final(cli)
+
+
+@pytest.mark.parametrize("policy", ["scratch", "incremental"])
+def test_training_set_per_policy(workdir, policy, reference):
+    """scratch trains on all labels; incremental only on the newest round. The labeled set only grows."""
+    if policy == "scratch":
+        cli = reference[0]
+    else:
+        cli = main(["fit", *tiny_run_args(workdir, **{**SCRATCH, "loop.retraining": policy})])
+    dm = cli.datamodule
+    loader_indices = {int(i) for batch in dm.train_dataloader() for i in batch["index"]}
+    expected = dm.labeled_indices(1) if policy == "incremental" else dm.labeled_indices()
+    assert loader_indices == set(expected.tolist())
+    assert set(dm.labeled_indices(0).tolist()) < set(dm.labeled_indices().tolist())
+
+
 @pytest.mark.parametrize("crash_epoch", [1, 2], ids=["mid-round", "between-rounds"])
-def test_resume_matches_uninterrupted_run(workdir, crash_epoch):
-    reference = main(["fit", *tiny_run_args(workdir, run_name="reference")])
-    ref_ids, ref_loss = _final(reference)
+def test_resume_matches_uninterrupted_run(workdir, crash_epoch, reference):
+    ref_ids, ref_loss = reference[1]
 
     crash = json.dumps({"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": crash_epoch}})
     with pytest.raises(Crash):
-        main(["fit", *tiny_run_args(workdir, run_name="resumed"), f"--trainer.callbacks=[{crash}]"])
-    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed"), "--ckpt_path=last"])
+        main(["fit", *tiny_run_args(workdir, run_name="resumed", **SCRATCH), f"--trainer.callbacks=[{crash}]"])
+    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed", **SCRATCH), "--ckpt_path=last"])
     ids, loss = _final(resumed)
     assert ids == ref_ids
     assert loss == pytest.approx(ref_loss, abs=1e-6)
