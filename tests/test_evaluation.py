@@ -198,8 +198,9 @@ def test_example_mean_of_no_example_is_nan():
 
 
 def test_demo_config_writes_metrics_and_tensorboard(workdir):
-    """The embedded demo (shortened): per-round metrics.jsonl rows and TensorBoard scalars."""
-    main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--loop.epochs_per_round=1",
+    """The embedded demo (shortened: 1 epoch a round, 10 labels a round): per-round metrics.jsonl rows and
+    TensorBoard scalars."""
+    main(["fit", "--config", str(REPO / "configs" / "demo.yaml"), "--loop.epochs_per_round=1", "--loop.budget=30",
           "--trainer.check_val_every_n_epoch=1", "--trainer.enable_progress_bar=false", f"--data.cache_dir={workdir}"])
     rows = [json.loads(line) for line in (workdir / "checkpoints" / "demo" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["round"], r["evaluation"]) for r in rows] == [
