@@ -80,7 +80,8 @@ def test_batch_aware_strategies_end_to_end(workdir, strategy, source):
     """Two rounds of each batch-aware strategy: round 1 sees the labels of round 0 (embedded by the
     retrained model for the diversity strategies), every id once, the whole budget spent."""
     main(["fit", *tiny_run_args(workdir, **{"loop.strategy": strategy, "model.score_source": source,
-                                            "loop.epochs_per_round": 1, "loop.budget": 24})])
+                                            "loop.epochs_per_round": 1, "loop.budget": 24,
+                                            "data.pool.init_args.num_examples": 64})])  # 48 candidates
     rounds = read_rounds(workdir / "checkpoints" / "tiny")
     ids = [row["id"] for r in (0, 1) for row in rounds[r]]
     assert [len(rounds[0]), len(rounds[1])] == [12, 12] and len(set(ids)) == 24
