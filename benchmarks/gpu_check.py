@@ -7,7 +7,11 @@ What it measures, on the Llama-3.2-1B architecture with random weights (no downl
 4-layer toy of the same shape family), in bf16 on CUDA:
   1. prompt-mode scoring (``predict_step``, score_source=prompt): prompt tokens/s, peak memory, and the
      ratio to a bare decoder forward over the same batches (the floor scoring cannot beat);
-  2. generated-mode scoring (greedy continuation, KV cache): prompt + generated tokens/s, peak memory;
+  2. generated-mode scoring (greedy continuation, KV cache): prompt + generated tokens/s, peak memory, with
+     the default static KV cache (``model.generation_cache=static``), transformers' dynamic cache, and on
+     CUDA the static cache with ``torch.compile`` (``compile``; its first batches compile, so its rate
+     includes compilation), each row's speed-up over the dynamic cache and its scores' largest difference
+     from the default's;
   3. LoRA training steps (forward, backward, AdamW): tokens/s and model FLOPs utilisation
      (6 x non-embedding parameters x tokens / s, over the GPU's dense bf16 peak given by --peak-tflops);
   4. a 2-round active-learning run end to end through the CLI (tiny random Llama, synthetic pool,
@@ -77,11 +81,11 @@ def _prompt_batches(num_batches: int, batch_size: int, min_len: int, max_len: in
     return batches
 
 
-def _module(config: dict, source: str, dtype: str, device: torch.device, max_new_tokens: int):
+def _module(config: dict, source: str, dtype: str, device: torch.device, max_new_tokens: int, cache: str = "static"):
     from lightning_al.module import LoRALanguageModel
 
     module = LoRALanguageModel(config=config, tokenizer="char", dtype=dtype, score_source=source,
-                               max_new_tokens=max_new_tokens, lora_r=16, lora_dropout=0.0)
+                               max_new_tokens=max_new_tokens, lora_r=16, lora_dropout=0.0, generation_cache=cache)
     module.configure_model()
     return module.to(device).eval()
 
@@ -93,9 +97,24 @@ def check_scoring(args, device: torch.device, config: dict) -> list[dict]:
     prompt_tokens = sum(int(b["attention_mask"].sum()) for b in batches)
     rows = []
     decoder_seconds = None
-    for source in ("prompt", "generated"):
-        module = _module(config, source, args.dtype, device, args.max_new_tokens)
-        module.predict_step(batches[0])  # warm-up (kernels, allocator)
+    # The default (static KV cache) first: the others are compared with it.
+    variants = [("prompt", "static"), ("generated", "static"), ("generated", "dynamic")]
+    variants += [("generated", "compile")] if device.type == "cuda" else []
+    scores: dict[str, torch.Tensor] = {}
+    seconds_of: dict[str, float] = {}
+    for source, cache in variants:
+        torch.manual_seed(0)  # the same random weights for every variant: comparable scores
+        module = _module(config, source, args.dtype, device, args.max_new_tokens, cache)
+        try:
+            module.predict_step(batches[0])  # warm-up (kernels, allocator; compile's first graphs)
+        except Exception as error:  # noqa: BLE001 - the optional compiled path: reported, the others go on
+            if cache != "compile":
+                raise
+            print(f"scoring with {CACHE_NAMES[cache]} FAILED: {type(error).__name__}: {error}")
+            rows.append({"check": f"scoring, {source} ({CACHE_NAMES[cache]}): FAILED, {type(error).__name__}",
+                         "seconds": float("nan"), "prompt tok/s": float("nan"), "generated tok/s": None,
+                         "peak MiB": None, "vs decoder forward": None, "failed": True})
+            continue
         if source == "prompt":
             decoder = module.model.get_base_model().get_decoder()
             _sync(device)
@@ -108,23 +127,41 @@ def check_scoring(args, device: torch.device, config: dict) -> list[dict]:
         _sync(device)
         start = time.perf_counter()
         generated = 0
+        entropies = []
         for b in batches:
             out = module.predict_step(b)
             generated += int(out["num_tokens"].sum()) if source == "generated" else 0
             bad = ~torch.isfinite(out["entropy"]) & (out["num_tokens"] > 0)
             if bad.any():
-                raise AssertionError(f"{source}: non-finite scores on {args.device}")
+                raise AssertionError(f"{source} ({cache} cache): non-finite scores on {args.device}")
+            entropies.append(out["entropy"].float().cpu())
         _sync(device)
         seconds = time.perf_counter() - start
+        name = f"scoring, {source}" + ("" if cache == "static" else f" ({CACHE_NAMES[cache]})")
+        if source == "generated":
+            scores[cache], seconds_of[cache] = torch.cat(entropies), seconds
         rows.append({
-            "check": f"scoring, {source}", "seconds": seconds, "prompt tok/s": prompt_tokens / seconds,
+            "check": name, "seconds": seconds, "prompt tok/s": prompt_tokens / seconds,
             "generated tok/s": generated / seconds if generated else None, "peak MiB": _peak_mib(device, before),
             "vs decoder forward": (decoder_seconds / seconds) if source == "prompt" else None,
         })
         del module
         if device.type == "cuda":
             torch.cuda.empty_cache()
+    for row in rows:
+        if row.get("failed"):
+            continue
+        cache = next((c for c, n in CACHE_NAMES.items() if row["check"].endswith(f"({n})")), "static")
+        if row["check"].startswith("scoring, generated") and "dynamic" in seconds_of:
+            row["vs dynamic"] = seconds_of["dynamic"] / seconds_of[cache]
+            # Same weights, same prompts: the caches differ only in rounding (float32: ~1e-6; bf16 more, and a
+            # greedy near-tie may then take another token).
+            row["max |d entropy|"] = float((scores[cache] - scores["static"]).abs().nan_to_num().max())
     return rows
+
+
+#: How the table names the KV caches of generated scoring (``model.generation_cache``).
+CACHE_NAMES = {"static": "static cache", "dynamic": "dynamic cache", "compile": "static cache + torch.compile"}
 
 
 def check_training(args, device: torch.device, config: dict) -> dict:
@@ -236,19 +273,24 @@ def main() -> int:
         f"of {args.batch_size} prompts of {args.min_len}-{args.max_len} tokens, {args.max_new_tokens} new tokens; "
         f"training: batches of {args.train_batch} x {args.train_len} tokens. Produced by `benchmarks/gpu_check.py`.",
         "",
-        "| check | seconds | prompt tok/s | generated tok/s | peak MiB | ratio to decoder forward | MFU |",
-        "|---|---|---|---|---|---|---|",
+        "| check | seconds | prompt tok/s | generated tok/s | peak MiB | ratio to decoder forward | MFU "
+        "| speed-up vs dynamic cache | max abs entropy difference vs default |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(f"| {r['check']} | {r['seconds']:.2f} | {r['prompt tok/s']:.0f} | {_fmt(r['generated tok/s'], '.0f')} "
-                     f"| {_fmt(r['peak MiB'], '.0f')} | {_fmt(r['vs decoder forward'], '.2f')} | {_fmt(r.get('MFU'), '.1%')} |")
+                     f"| {_fmt(r['peak MiB'], '.0f')} | {_fmt(r['vs decoder forward'], '.2f')} | {_fmt(r.get('MFU'), '.1%')} "
+                     f"| {_fmt(r.get('vs dynamic'), '.2f')} | {_fmt(r.get('max |d entropy|'), '.1e')} |")
     lines += ["", f"2-round active-learning run through the CLI: {'PASS' if run['passed'] else 'FAIL'} "
               f"({run['seconds']:.0f} s, rounds {run['rounds']})", ""]
     text = "\n".join(lines)
     print(text)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(text)
-    return 0 if run["passed"] else 1
+    failed = [r["check"] for r in rows if r.get("failed")]
+    if failed:
+        print("FAILED: " + "; ".join(failed))
+    return 0 if run["passed"] and not failed else 1
 
 
 if __name__ == "__main__":

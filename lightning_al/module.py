@@ -21,6 +21,7 @@ from peft import LoraConfig, get_peft_model
 
 from lightning_al.evaluation import EvaluationPass, HeldOutLoss
 from lightning_al.model.head import output_head
+from lightning_al.model.inference import GENERATION_CACHES, GenerationCache, set_generation_cache
 from lightning_al.model.loading import CHAR_TOKENIZER, load_causal_lm, load_tokenizer
 from lightning_al.scoring.passes import ScoreSource, generated_statistics, prompt_statistics
 from lightning_al.scoring.statistics import per_example_scores
@@ -64,6 +65,13 @@ class LoRALanguageModel(LightningModule):
         max_new_tokens: Length limit of the greedy continuation in ``generated`` scoring.
         logits_chunk_size: Positions per LM-head call in scoring; bounds the logits in memory
             to this many x vocabulary floats.
+        generation_cache: KV cache of greedy generation, in ``generated`` scoring and the generative
+            evaluation sets (held-out answers, BBH): ``static`` (default: preallocated for the batch's
+            whole generation and written in place; models whose transformers class cannot use one fall back
+            to ``dynamic``), ``dynamic`` (transformers' default cache, which copies every layer's whole
+            cache at every step: slower with long prompts), or ``compile`` (``static`` plus
+            ``torch.compile`` of the decoding step, CUDA only, elsewhere as ``static``: compiles once per
+            batch shape, for long passes of similar batches). The same scores and generations with each.
     """
 
     def __init__(
@@ -85,12 +93,15 @@ class LoRALanguageModel(LightningModule):
         score_source: ScoreSource = "generated",
         max_new_tokens: int = 64,
         logits_chunk_size: int = 1024,
+        generation_cache: GenerationCache = "static",
     ) -> None:
         super().__init__()
         if pretrained is None and config is None:
             raise ValueError("model: set `pretrained` (hub id or local folder) or `config` (random initialisation)")
         if score_source not in ("generated", "prompt", "first"):
             raise ValueError(f"model.score_source: one of generated, prompt, first; got {score_source!r}")
+        if generation_cache not in GENERATION_CACHES:
+            raise ValueError(f"model.generation_cache: one of {', '.join(GENERATION_CACHES)}; got {generation_cache!r}")
         if dtype not in _DTYPES:
             raise ValueError(f"model.dtype: one of {sorted(_DTYPES)}, got {dtype!r}")
         self.save_hyperparameters(ignore=["optimizer", "lr_scheduler"])
@@ -137,6 +148,7 @@ class LoRALanguageModel(LightningModule):
             target_modules=hp.lora_target_modules, modules_to_save=hp.lora_modules_to_save, task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora)
+        set_generation_cache(self.model, hp.get("generation_cache", "static"))  # also for the evaluation sets
         if hp.score_source != "generated":
             output_head(self.model)  # refuses a head it cannot reproduce now, before any scoring pass
         self.initial_adapter = {k: v.detach().clone() for k, v in self.adapter_state().items()}
@@ -237,7 +249,7 @@ class LoRALanguageModel(LightningModule):
         base = self.model.get_base_model()
         if hp.score_source == "generated":
             stats, rows, embedding = generated_statistics(self.model, batch, hp.max_new_tokens, self.stop_token_ids,
-                                                          self.tokenizer.pad_token_id)
+                                                          self.tokenizer.pad_token_id, hp.get("generation_cache"))
         else:
             stats, rows, embedding = prompt_statistics(base, batch, hp.score_source, hp.logits_chunk_size)
         scores = per_example_scores(stats, rows, batch["input_ids"].shape[0])

@@ -13,9 +13,11 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 
 from lightning_al.model.head import output_head
 from lightning_al.model.inference import (
+    GenerationCache,
     captured_prefill,
     clean_generation_config,
     decoder_hidden_states,
+    generate_greedy,
     prompt_embeddings,
 )
 from lightning_al.scoring.statistics import chunked_token_statistics, token_statistics
@@ -91,22 +93,21 @@ def generated_statistics(
     max_new_tokens: int,
     stop_ids: list[int],
     pad_token_id: int,
+    cache: GenerationCache | None = None,
 ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """Statistics of the greedy continuation of each prompt (KV cache, batched, left padding),
     up to and including its end-of-turn token or ``max_new_tokens``; each statistic's row; and the
-    prompts' embeddings, from the decoder's pass over the prompts that generation makes anyway."""
+    prompts' embeddings, from the decoder's pass over the prompts that generation makes anyway.
+    ``cache``: the KV cache (``lightning_al.model.inference.generate_greedy``; default: the model's
+    ``generation_cache``, static where the model supports it)."""
     input_ids = batch["input_ids"]
     collector = _StepStatistics(input_ids.shape[0], torch.tensor(stop_ids, device=input_ids.device))
     config = GenerationConfig(
         max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, eos_token_id=stop_ids, pad_token_id=pad_token_id
     )
     with clean_generation_config(model, stop_ids, pad_token_id), captured_prefill(model) as prefill:
-        model.generate(
-            input_ids=input_ids,
-            attention_mask=batch["attention_mask"],
-            generation_config=config,
-            logits_processor=LogitsProcessorList([collector]),
-        )
+        generate_greedy(model, input_ids, batch["attention_mask"], config, cache,
+                        logits_processor=LogitsProcessorList([collector]))
     stats = {k: torch.cat([s[k] for s, _ in collector.parts]) for k in ("entropy", "logprob", "margin")}
     rows = torch.cat([r for _, r in collector.parts])
     return stats, rows, prompt_embeddings(prefill["hidden"], batch)
