@@ -87,8 +87,8 @@ def ddp_runs(tmp_path_factory, driver):
 
     lr 0: the model stays the initial one, so both runs evaluate the same model. 15 held-out examples in
     batches of 4 on 2 ranks: the distributed sampler repeats one to pad, which must count once; the diversity
-    samples (15 of the 24 labels) are embedded in shards of 8 and 7 + one repeat; the 105 candidates are scored
-    in shards of 53 and 52 + one repeat."""
+    samples (15 of the 24 labels) are embedded in shards of 8 and 7 + one repeat; the 49 candidates (a pool of 64)
+    are scored in shards of 25 and 24 + one repeat."""
     import json
     from types import SimpleNamespace
 
@@ -103,7 +103,8 @@ def ddp_runs(tmp_path_factory, driver):
          "init_args": {"source": str(quiz), "name": "quiz", "num_fewshot": 0}},
     ]
     options = {"loop.strategy": "lightning_al.strategies.EntropySampling", "data.evaluations": json.dumps(evaluations),
-               "loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 24, "data.validation_size": 15,
+               "data.pool.init_args.num_examples": 64, "loop.rounds": 1, "loop.epochs_per_round": 1,
+               "loop.budget": 24, "data.validation_size": 15,
                "data.eval_batch_size": 4, "loop.diversity_sample": 15,
                "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
     with pytest.MonkeyPatch.context() as patch:
