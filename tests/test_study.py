@@ -21,7 +21,8 @@ def _ids(run_dir):
 
 def test_study_resumes_after_a_kill_and_reports(workdir, driver):
     (workdir / "study.yaml").write_text(CONFIG)
-    overrides = [a for a in tiny_run_args(workdir, **{"loop.epochs_per_round": 1})
+    overrides = [a for a in tiny_run_args(workdir, **{"loop.epochs_per_round": 1,
+                                                      "data.pool.init_args.num_examples": 64})  # 48 candidates
                  if not a.startswith(("--run_name", "--seed_everything"))]
     # `lightning-al study` in a process of its own, killed (SIGKILL) in the middle of the second cell: at the
     # end of its first training step, after the checkpoint of its round 0.
