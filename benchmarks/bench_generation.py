@@ -1,22 +1,30 @@
 """Generated-mode scoring and chain-of-thought generation against their floor, in one run.
 
-    python benchmarks/bench_generation.py                  # SmolLM2, 96 FLAN CoT prompts, CPU: ~6 min on 2 cores
+    python benchmarks/bench_generation.py                  # SmolLM2, 64 FLAN CoT prompts, CPU: ~12 min on 2 quiet cores
     python benchmarks/bench_generation.py --device cuda --num-prompts 2000 --max-new-tokens 128
 
 The floor of a generation pass over a set of prompts is what its two parts cost at their best,
 measured in this same run: the prompts' prefill (the decoder over the project's length-sorted
 batches) plus the tokens it generates, each at the best per-token decode cost found over batch
-sizes (--decode-batch-sizes: a batch of prompts of the median length, timed over all its decode
-steps, with every row kept generating). ``floor / pass`` is the share of the pass that is
-necessary work: 1.0 means nothing is wasted on padding, finished rows or per-step overhead.
+sizes and KV caches (--decode-batch-sizes x --caches: a batch of prompts of the median length,
+timed over all its decode steps, with every row kept generating). ``floor / pass`` is the share of
+the pass that is necessary work: 1.0 means nothing is wasted on padding, finished rows or per-step
+overhead.
 
-Variants, each in the same process, one after another:
+Variants, each in the same process, one after another, each with every KV cache of --caches
+(``model.generation_cache``: ``static``, the default, and ``dynamic``, transformers' default and
+the project's before it):
   scoring-rows-<n>      ``LoRALanguageModel.predict_step`` (score_source=generated) over
                         ``score_dataloader`` with batches of n prompts (``data.eval_batch_size``)
   scoring-tokens-<t>    the same with ``data.score_batch_tokens = t``
   cot-rows-<n> / cot-tokens-<t>   ``greedy_generate`` (the evaluation sets' generation) over the same
                         batches with --cot-new-tokens
-Results are written to ``benchmarks/results/generation-<device>.md``.
+  bbh-<task>            the BBH evaluation's generation of --bbh-examples questions of one task (3-shot
+                        chain of thought, ~900-token prompts for web_of_lies, the exemplars run once per
+                        batch) in batches of --bbh-batch-size, --cot-new-tokens each; no floor (its
+                        prefill is shared), the caches compared with each other
+Results go to ``benchmarks/results/generation-<device>.md``; the file's earlier runs are kept below the
+new one, under ``## Previous runs``.
 """
 
 from __future__ import annotations
@@ -34,7 +42,9 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_FLAN = REPO.parent / "shared" / "data" / "flan_v2_cot"
+DEFAULT_BBH = REPO.parent / "shared" / "data" / "bbh"
 GET_SMOLLM2 = REPO.parent / "shared" / "tools" / "get-smollm2"
+PREVIOUS_RUNS = "## Previous runs"
 
 
 def _sync(device: torch.device) -> None:
@@ -77,10 +87,12 @@ def _timed(fn, batches, device) -> tuple[float, float]:
 
 
 @torch.inference_mode()
-def _decode_cost(model, dm, indices, batch_size: int, steps: int, device) -> float:
-    """Seconds per generated token at ``batch_size``: a batch of median-length prompts, every row kept
-    generating (no end-of-turn stop), the prefill subtracted."""
+def _decode_cost(model, dm, indices, batch_size: int, steps: int, device, cache: str) -> float:
+    """Seconds per generated token at ``batch_size`` with the KV cache ``cache``: a batch of median-length
+    prompts, every row kept generating (no end-of-turn stop), the prefill subtracted."""
     from transformers import GenerationConfig
+
+    from lightning_al.model.inference import generate_greedy
 
     order = indices[np.argsort(dm.prompt_lengths[indices], kind="stable")]
     middle = len(order) // 2
@@ -95,27 +107,50 @@ def _decode_cost(model, dm, indices, batch_size: int, steps: int, device) -> flo
                                   pad_token_id=pad)
         _sync(device)
         start = time.perf_counter()
-        model.model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             generation_config=config)
+        generate_greedy(model.model, batch["input_ids"], batch["attention_mask"], config, cache)
         _sync(device)
         return time.perf_counter() - start
 
     run(2)  # warm-up
-    # Each length timed on its own (least of 3), so that the prefill's noise does not land in the
+    # Each length timed on its own (least of 2), so that the prefill's noise does not land in the
     # difference; a difference at or below 0 (prefill noise larger than the decode steps) is no measurement.
-    prefill_only = min(run(1) for _ in range(3))
-    decoding = min(run(4 * steps + 1) for _ in range(3)) - prefill_only
-    return decoding / (4 * steps * batch_size) if decoding > 0 else float("nan")
+    prefill_only = min(run(1) for _ in range(2))
+    decoding = min(run(2 * steps + 1) for _ in range(2)) - prefill_only
+    return decoding / (2 * steps * batch_size) if decoding > 0 else float("nan")
+
+
+def _bbh_batches(args, model):
+    from lightning_al.evaluation.bbh import BigBenchHard
+
+    evaluation = BigBenchHard(path=args.bbh, tasks=[args.bbh_task], max_examples_per_task=args.bbh_examples,
+                              max_new_tokens=args.cot_new_tokens)
+    evaluation.prepare(model.tokenizer, None)
+    return list(evaluation.dataloader(args.bbh_batch_size, 0, model.tokenizer.pad_token_id))
+
+
+def _previous_runs(output: Path) -> str:
+    """The output file's earlier runs: its ``## Previous runs`` section, with its latest run (the top of
+    the file, headings one level down) first in it."""
+    if not output.exists():
+        return ""
+    earlier = output.read_text()
+    top, _, older = earlier.partition(PREVIOUS_RUNS)
+    top = "\n".join("##" + line if line.startswith("#") else line for line in top.strip().splitlines())
+    return f"{PREVIOUS_RUNS}\n\n{top}\n\n{older.strip()}\n".replace("\n\n\n", "\n\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--num-prompts", type=int, default=96)
+    parser.add_argument("--num-prompts", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=16, help="generated scoring's continuation length")
-    parser.add_argument("--cot-new-tokens", type=int, default=64, help="chain-of-thought generation length")
-    parser.add_argument("--rows", type=int, nargs="+", default=[8, 32], help="fixed batch sizes (eval_batch_size)")
-    parser.add_argument("--tokens", type=int, nargs="+", default=[4096, 8192], help="score_batch_tokens budgets")
-    parser.add_argument("--decode-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--cot-new-tokens", type=int, default=48, help="chain-of-thought generation length")
+    parser.add_argument("--rows", type=int, nargs="*", default=[8], help="fixed batch sizes (eval_batch_size)")
+    parser.add_argument("--tokens", type=int, nargs="*", default=[4096, 8192], help="score_batch_tokens budgets")
+    parser.add_argument("--cot-batches", nargs="*", default=["rows-8", "tokens-8192"],
+                        help="the batchings (rows-<n> / tokens-<t>) that CoT generation runs with")
+    parser.add_argument("--caches", nargs="+", default=["static", "dynamic"], choices=["static", "dynamic", "compile"],
+                        help="KV caches (model.generation_cache); the first is the one compared with the others")
+    parser.add_argument("--decode-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on CUDA, float32 on CPU")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
@@ -123,8 +158,13 @@ def main() -> None:
     parser.add_argument("--model", default=str(Path.home() / ".cache" / "smollm2-135m-instruct"),
                         help="a causal LM folder or hub id (default: SmolLM2-135M-Instruct made by get-smollm2)")
     parser.add_argument("--flan", default=str(DEFAULT_FLAN))
+    parser.add_argument("--bbh", default=str(DEFAULT_BBH), help="BBH folder ('' : no BBH variant)")
+    parser.add_argument("--bbh-task", default="web_of_lies")
+    parser.add_argument("--bbh-examples", type=int, default=16)
+    parser.add_argument("--bbh-batch-size", type=int, default=16)
     parser.add_argument("--cache-dir", default=None)
     parser.add_argument("--skip-cot", action="store_true")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. the machine's load)")
     parser.add_argument("--output", default=None)
     args = parser.parse_args()
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
@@ -133,6 +173,7 @@ def main() -> None:
         subprocess.run(["bash", str(GET_SMOLLM2), args.model], check=True, stdout=subprocess.DEVNULL)
     device = torch.device(args.device)
     started = time.time()
+    load_before = os.getloadavg()[0]
     model, dm = _setup(args)
     indices = np.arange(len(dm.pool))
     from lightning_al.model.inference import greedy_generate
@@ -144,55 +185,88 @@ def main() -> None:
            prefill_batches[:1], device)  # warm-up
     prefill, _ = _timed(lambda b: decoder(input_ids=b["input_ids"], attention_mask=b["attention_mask"]) and 0,
                         prefill_batches, device)
-    decode = {b: _decode_cost(model, dm, indices, b, args.max_new_tokens, device) for b in args.decode_batch_sizes}
+    decode = {(b, c): _decode_cost(model, dm, indices, b, args.max_new_tokens, device, c)
+              for b in args.decode_batch_sizes for c in args.caches}
     measured = [c for c in decode.values() if c == c]  # NaN: no measurement
     if not measured:
         raise SystemExit("no decode cost could be measured (prefill noise larger than the decode steps)")
     best_decode = min(measured)
-    print(f"prefill {prefill:.1f} s; decode s/token by batch size: "
-          + ", ".join(f"{b}: {c * 1e3:.2f} ms" for b, c in decode.items()), file=sys.stderr)
+    decode_text = "; ".join(f"{c}: " + ", ".join(f"{b}: {decode[b, c] * 1e3:.2f} ms" for b in args.decode_batch_sizes)
+                            for c in args.caches)
+    print(f"prefill {prefill:.1f} s; decode s/token by cache and batch size: {decode_text}", file=sys.stderr)
 
     def scoring(batch) -> float:
         return float(model.predict_step(batch)["num_tokens"].sum())
 
     stop_ids = model.stop_token_ids
+    cache_of = {"cache": args.caches[0]}
 
-    def cot(batch) -> float:
+    def cot(batch, stop_strings=()) -> float:
         texts = greedy_generate(model.model, model.tokenizer, batch["input_ids"], batch["attention_mask"],
-                                args.cot_new_tokens, stop_ids)
+                                args.cot_new_tokens, stop_ids, stop_strings, cache=cache_of["cache"])
         return float(sum(len(model.tokenizer(t, add_special_tokens=False)["input_ids"]) + 1 for t in texts))
 
+    batchings = [(f"rows-{n}", n, None) for n in args.rows] + [(f"tokens-{t}", None, t) for t in args.tokens]
+    runs = [("scoring", scoring, args.max_new_tokens, batchings)]
+    if not args.skip_cot:
+        runs.append(("cot", cot, args.cot_new_tokens, [b for b in batchings if b[0] in args.cot_batches]))
     rows = []
-    kinds = [("scoring", scoring, args.max_new_tokens)] + ([] if args.skip_cot else [("cot", cot, args.cot_new_tokens)])
-    for kind, fn, extra in kinds:
-        reference = None
-        for label, n, t in [(f"rows-{n}", n, None) for n in args.rows] + [(f"tokens-{t}", None, t) for t in args.tokens]:
+    for kind, fn, extra, kind_batchings in runs:
+        for label, n, t in kind_batchings:
             batches = _loader(dm, indices, n, t, extra)
-            seconds, generated = _timed(fn, batches, device)
-            floor = prefill + generated * best_decode
-            reference = reference or seconds
-            rows.append((f"{kind}-{label}", len(batches), seconds, generated, floor / seconds, reference / seconds))
-            print(f"{kind}-{label}: {len(batches)} batches, {seconds:.1f} s, {generated:.0f} generated, "
-                  f"floor {floor:.1f} s", file=sys.stderr)
+            seconds = {}
+            for cache in args.caches:
+                model.hparams["generation_cache"] = cache_of["cache"] = cache
+                seconds[cache], generated = _timed(fn, batches, device)
+                floor = prefill + generated * best_decode
+                rows.append((f"{kind}-{label}", cache, len(batches), seconds[cache], generated, floor / seconds[cache],
+                             None))
+                print(f"{kind}-{label} {cache}: {len(batches)} batches, {seconds[cache]:.1f} s, {generated:.0f} generated, "
+                      f"floor {floor:.1f} s", file=sys.stderr)
+            if len(args.caches) > 1:  # the first cache's speed-up over the last one's
+                first = next(i for i, r in enumerate(rows) if r[:2] == (f"{kind}-{label}", args.caches[0]))
+                rows[first] = rows[first][:6] + (seconds[args.caches[-1]] / seconds[args.caches[0]],)
+    bbh = []
+    if args.bbh and not args.skip_cot:
+        from lightning_al.evaluation.bbh import BBH_STOP_STRINGS
+
+        batches = _bbh_batches(args, model)
+        width = max(int(b["attention_mask"].sum(1).max()) for b in batches)
+        for cache in args.caches:
+            cache_of["cache"] = cache
+            seconds, generated = _timed(lambda b: cot(b, BBH_STOP_STRINGS), batches, device)
+            bbh.append((cache, len(batches), seconds, generated))
+            print(f"bbh-{args.bbh_task} {cache}: {seconds:.1f} s, {generated:.0f} generated", file=sys.stderr)
+    model.hparams["generation_cache"] = "static"
 
     hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()}, {args.threads} threads"
-    load = os.getloadavg()[0]
+    first, last = args.caches[0], args.caches[-1]
     lines = [
         f"# Generation benchmark ({args.device}: {hardware})", "",
         f"{Path(args.model).name}, {args.dtype}, {len(indices)} FLAN v2 CoT prompts ({prompt_tokens} prompt tokens, "
         f"seed {args.seed}); scoring {args.max_new_tokens} new tokens, CoT {args.cot_new_tokens}; torch "
-        f"{torch.__version__}; load average at the end {load:.1f}; total {time.time() - started:.0f} s.", "",
-        f"Floor parts: prefill {prefill:.2f} s; decode seconds per token by batch size: "
-        + ", ".join(f"{b}: {c * 1e3:.2f} ms" for b, c in decode.items()) + f" (best {best_decode * 1e3:.2f} ms).", "",
-        "| pass | batches | seconds | generated tokens | floor / pass (target ≥ 0.8) | speed-up vs first row |",
-        "|---|---:|---:|---:|---:|---:|",
+        f"{torch.__version__}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
+        f"total {time.time() - started:.0f} s." + (f" {args.note}" if args.note else ""), "",
+        f"Floor parts: prefill {prefill:.2f} s; decode seconds per token by KV cache and batch size: {decode_text} "
+        f"(best {best_decode * 1e3:.2f} ms).", "",
+        f"| pass | KV cache | batches | seconds | generated tokens | floor / pass (target ≥ 0.8) | "
+        f"{first} vs {last} (speed-up) |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {b} | {s:.1f} | {g:.0f} | {r:.2f} | {u:.2f}x |" for name, b, s, g, r, u in rows]
+    lines += [f"| {name} | {cache} | {b} | {s:.1f} | {g:.0f} | {r:.2f} | {'' if u is None else f'{u:.2f}x'} |"
+              for name, cache, b, s, g, r, u in rows]
+    if bbh:
+        lines += ["", f"BBH {args.bbh_task}, {args.bbh_examples} questions (prompts up to {width} tokens, the 3-shot "
+                  f"exemplars run once per batch), batches of {args.bbh_batch_size}, up to {args.cot_new_tokens} new "
+                  "tokens:", "", f"| KV cache | batches | seconds | generated tokens | {first} vs this (speed-up) |",
+                  "|---|---:|---:|---:|---:|"]
+        lines += [f"| {cache} | {b} | {s:.1f} | {g:.0f} | {bbh[0][2] and s / bbh[0][2]:.2f}x |" for cache, b, s, g in bbh]
     text = "\n".join(lines) + "\n"
     print(text)
     output = Path(args.output or REPO / "benchmarks" / "results" / f"generation-{args.device}.md")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(text)
+    previous = _previous_runs(output)
+    output.write_text(text + ("\n" + previous if previous else ""))
 
 
 if __name__ == "__main__":

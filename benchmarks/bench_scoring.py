@@ -6,7 +6,9 @@
 Variants, each measured in a fresh subprocess (so that peak memory is its own):
   project-prompt     ``LoRALanguageModel.predict_step`` (score_source=prompt) over
                      ``ActiveLearningDataModule.score_dataloader`` (length-sorted batches, chunked LM head)
-  project-generated  the same with score_source=generated (greedy continuation, KV cache)
+  project-generated  the same with score_source=generated (greedy continuation, the default static KV cache)
+  project-generated-dynamic   the same with ``model.generation_cache=dynamic`` (transformers' dynamic cache,
+                     the project's before the static one), for the speed-up of the static cache in this run
   naive-prompt       every prompt right-padded to --pad-to, full fp32 logits at every position of the
                      batch, softmax statistics over all positions (masked mean)
   naive-generated    every prompt left-padded to --pad-to, ``generate`` keeping every step's full
@@ -29,6 +31,9 @@ measured with glibc set to map every allocation of 64 KiB or more on its own (so
 leave the resident set), on one thread, with the weights copied out of the memory-mapped checkpoint,
 over the widest batch, the least of --memory-repeats passes. The naive passes' peaks (gigabytes) are
 read on their timed pass.
+
+The report replaces the output file's latest run and keeps the earlier ones below it, under ``## Previous
+runs``.
 """
 
 from __future__ import annotations
@@ -51,7 +56,9 @@ RANDOM_LLAMA = dict(
     model_type="llama", vocab_size=128256, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
 )
-VARIANTS = ("decoder-only", "project-prompt", "project-generated", "naive-prompt", "naive-generated")
+VARIANTS = ("decoder-only", "project-prompt", "project-generated", "project-generated-dynamic", "naive-prompt",
+            "naive-generated")
+PREVIOUS_RUNS = "## Previous runs"
 
 
 # ---------------------------------------------------------------------------- worker (one variant)
@@ -115,8 +122,10 @@ def _build(spec: dict):
     from lightning_al.datamodule import ActiveLearningDataModule
     from lightning_al.module import LoRALanguageModel
 
-    source = "generated" if spec["variant"].endswith("generated") else "prompt"
-    kwargs = dict(tokenizer=spec["tokenizer"], score_source=source, max_new_tokens=spec["max_new_tokens"])
+    source = "generated" if "generated" in spec["variant"] else "prompt"
+    cache = "dynamic" if spec["variant"].endswith("-dynamic") else "static"
+    kwargs = dict(tokenizer=spec["tokenizer"], score_source=source, max_new_tokens=spec["max_new_tokens"],
+                  generation_cache=cache)
     if spec["logits_chunk_size"]:
         kwargs["logits_chunk_size"] = spec["logits_chunk_size"]
     if spec["setup"] == "smollm2":
@@ -302,23 +311,30 @@ def _mib(n: float) -> str:
 
 def table(results: dict, args) -> str:
     columns = [
-        "setup", "scoring", "project tok/s", "naive tok/s", "speed-up", "decoder-only tok/s", "project peak extra MiB",
+        "setup", "scoring", "project tok/s", "naive tok/s", "speed-up", "decoder-only tok/s",
+        "project / decoder-only (prompt: ≥ 0.9)", "static vs dynamic KV cache", "project peak extra MiB",
         "decoder-only peak extra MiB", "memory ratio (≤ 1.3)", "naive peak extra MiB",
         "real/processed project (≥ 0.9)", "real/processed naive",
     ]
     lines = ["| " + " | ".join(columns) + " |", "|---|---|" + "---:|" * (len(columns) - 2)]
     for setup, runs in results.items():
         floor = runs["decoder-only"]
-        for source in args.sources:
-            ours, naive = runs[f"project-{source}"], runs[f"naive-{source}"]
+        rows = [(source, f"project-{source}") for source in args.sources]
+        if "generated" in args.sources and "project-generated-dynamic" in runs:
+            rows.insert(rows.index(("generated", "project-generated")) + 1, ("generated, dynamic cache",
+                                                                              "project-generated-dynamic"))
+        for source, variant in rows:
+            ours, naive = runs[variant], runs[f"naive-{source.split(',')[0]}"]
             ours_rate = ours["real_tokens"] / ours["seconds"]
             naive_rate = naive["real_tokens"] / naive["seconds"]
             ratio = ours["peak_extra_bytes"] / max(floor["peak_extra_bytes"], 1)
             floor_rate = floor["real_tokens"] / floor["seconds"]
+            dynamic = runs.get("project-generated-dynamic") if variant == "project-generated" else None
+            versus = f"{dynamic['seconds'] / ours['seconds']:.2f}x" if dynamic else ""
             lines.append(
                 f"| {setup} | {source} | {ours_rate:,.0f} | {naive_rate:,.0f} | {ours_rate / naive_rate:.1f}x | "
-                f"{floor_rate:,.0f} | {_mib(ours['peak_extra_bytes'])} | {_mib(floor['peak_extra_bytes'])} | "
-                f"{ratio:.2f} | "
+                f"{floor_rate:,.0f} | {ours_rate / floor_rate:.2f} | {versus} | {_mib(ours['peak_extra_bytes'])} | "
+                f"{_mib(floor['peak_extra_bytes'])} | {ratio:.2f} | "
                 f"{_mib(naive['peak_extra_bytes'])} | {ours['real_tokens'] / ours['processed_tokens']:.3f} | "
                 f"{naive['real_tokens'] / naive['processed_tokens']:.3f} |"
             )
@@ -345,6 +361,8 @@ def main() -> None:
     parser.add_argument("--smollm2", default="/tmp/smollm2", help="SmolLM2-135M-Instruct folder (made if missing)")
     parser.add_argument("--flan", default=str(DEFAULT_FLAN))
     parser.add_argument("--cache-dir", default=None, help="tokenized-pool cache (default: the datasets cache)")
+    parser.add_argument("--no-dynamic", action="store_true", help="no project-generated-dynamic variant")
+    parser.add_argument("--note", default="", help="a line for the report (e.g. the machine's load)")
     parser.add_argument("--output", default=None, help="default: benchmarks/results/scoring-<device>.md")
     args = parser.parse_args()
     if args.worker:
@@ -362,9 +380,12 @@ def main() -> None:
         memory_batches=args.memory_batches, memory_repeats=args.memory_repeats,
     )
     variants = ["decoder-only"] + [f"{kind}-{source}" for source in args.sources for kind in ("project", "naive")]
+    if "generated" in args.sources and not args.no_dynamic:
+        variants.insert(variants.index("project-generated") + 1, "project-generated-dynamic")
     variants = [v for v in variants if not args.only or v in args.only]
     results: dict[str, dict] = {}
     started = time.time()
+    load_before = os.getloadavg()[0]
     for setup in args.setups:
         for variant in variants:
             t0 = time.time()
@@ -385,8 +406,8 @@ def main() -> None:
         f"# Scoring benchmark ({device}: {hardware})\n\n"
         f"{args.num_prompts} FLAN v2 CoT prompts (seed {args.seed}; naive passes on {args.naive_prompts} of them), "
         f"batch size {args.batch_size}, max_new_tokens {args.max_new_tokens}, naive width {args.pad_to}, "
-        f"fp32; torch {torch.__version__}; load average at the end {load:.1f}; "
-        f"total {time.time() - started:.0f} s.\n\n"
+        f"fp32; torch {torch.__version__}; load average {load_before:.1f} at the start, {load:.1f} at the end; "
+        f"total {time.time() - started:.0f} s." + (f" {args.note}" if args.note else "") + "\n\n"
     )
     details = "\n".join(
         f"- {setup}/{name}: {r['prompts']} prompts, {r['real_tokens']} real prompt tokens, "
@@ -398,7 +419,12 @@ def main() -> None:
     print(report)
     output = Path(args.output or REPO / "benchmarks" / "results" / f"scoring-{device}.md")
     output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(report)
+    previous = ""
+    if output.exists():  # the latest run (headings one level down) joins the earlier ones
+        top, _, older = output.read_text().partition(PREVIOUS_RUNS)
+        top = "\n".join("##" + line if line.startswith("#") else line for line in top.strip().splitlines())
+        previous = f"\n{PREVIOUS_RUNS}\n\n{top}\n\n{older.strip()}\n".replace("\n\n\n", "\n\n")
+    output.write_text(report + previous)
     print(f"written to {output}", file=sys.stderr)
 
 

@@ -233,9 +233,9 @@ def generate_greedy(
 
     ``static`` preallocates the keys and values of the batch's whole generation (its width plus
     ``max_new_tokens``) and writes each step's in place. ``dynamic`` is transformers' default cache,
-    which concatenates every layer's whole cache with the new step's keys and values at every step: on
-    a CPU, with long prompts (few-shot), those copies cost more than the step's own compute (a batch
-    of 16 x 900 tokens: ~0.24 s a step against ~0.06 s static, SmolLM2-135M). Attention over the unfilled
+    which concatenates every layer's whole cache with the new step's keys and values at every step: a
+    copy of the whole cache per step, which costs most with long prompts (few-shot; measured in
+    benchmarks/results/generation-cpu.md, BBH rows). Attention over the unfilled
     positions of a static cache is masked, so both give the same continuations and scores (tested
     against a one-example float64 reference, eight model families). ``compile`` is ``static`` with
     transformers' ``torch.compile`` of the decoding step, on CUDA only (it needs CUDA graphs to pay off;

@@ -151,12 +151,13 @@ def _blocked_statistics(
         logits = logits.to(dtype)
         if postprocess is not None:
             logits = postprocess(logits)
-        top = torch.cat([top, logits.topk(min(2, v1 - v0), dim=-1).values], dim=-1).topk(2, dim=-1).values
+        block_top = logits.topk(min(2, v1 - v0), dim=-1).values
+        top = torch.cat([top, block_top], dim=-1).topk(2, dim=-1).values
         if next_tokens is not None:
             inside = (next_tokens >= v0) & (next_tokens < v1)
             column = (next_tokens - v0).clamp(0, v1 - v0 - 1).unsqueeze(-1)
             target = torch.where(inside, logits.gather(-1, column).squeeze(-1), target)
-        new_m = torch.maximum(m, logits.max(-1).values)
+        new_m = torch.maximum(m, block_top[:, 0])  # the block's largest logit (no second pass over it)
         # Rescale the sums to the new reference (rows with nothing yet stay at zero, not NaN).
         shift = torch.where(s > 0, m - new_m, torch.zeros_like(m))
         scale = shift.exp()
