@@ -107,12 +107,17 @@ def ddp_runs(tmp_path_factory, driver):
                "loop.budget": 24, "data.validation_size": 15,
                "data.eval_batch_size": 4, "loop.diversity_sample": 15,
                "model.optimizer": '{"class_path": "torch.optim.SGD", "init_args": {"lr": 0.0}}'}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(workdir)
-        single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
-        heldout_loss = float(single.trainer.callback_metrics["heldout/loss"])
-    code, log = driver.run(workdir, ["lightning-al", "fit", *tiny_run_args(workdir, run_name="ddp", **options),
-                                     "--trainer.strategy=ddp", "--trainer.devices=2"])
+    # The DDP run starts first: this process's run overlaps its second rank's start-up (a new process's imports).
+    # Each run has a tokenized-pool cache of its own: neither reads a cache file the other is writing.
+    ddp = driver.start(workdir, ["lightning-al", "fit", *tiny_run_args(workdir / "ddp-cache", run_name="ddp", **options),
+                                 "--trainer.strategy=ddp", "--trainer.devices=2"])
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(workdir)
+            single = main(["fit", *tiny_run_args(workdir, run_name="single", **options)])
+            heldout_loss = float(single.trainer.callback_metrics["heldout/loss"])
+    finally:
+        code, log = driver.result(ddp)  # (also when this process's run failed: the driver is free again)
     assert code == 0, log[-3000:]
     checkpoints = workdir / "checkpoints"
     return SimpleNamespace(single=checkpoints / "single", ddp=checkpoints / "ddp", heldout_loss=heldout_loss)

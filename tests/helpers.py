@@ -80,10 +80,18 @@ class Driver:
 
     def run(self, cwd: Path, argv: list[str]) -> tuple[int, str]:
         """``argv`` as sys.argv (``["lightning-al", "fit", ...]``), run in ``cwd``."""
+        return self.result(self.start(cwd, argv))
+
+    def start(self, cwd: Path, argv: list[str]) -> Path:
+        """Starts a run (see ``run``) and returns at once; ``result`` waits for it. One run at a time."""
         self.runs += 1
         log = self.log_dir / f"run-{self.runs}.log"
         self.process.stdin.write(json.dumps([str(log), str(cwd), argv]) + "\n")
         self.process.stdin.flush()
+        return log
+
+    def result(self, log: Path) -> tuple[int, str]:
+        """The exit status and output of the run that ``start`` started."""
         line = self.process.stdout.readline()
         assert line, f"the driver died; {log.read_text()[-3000:] if log.exists() else ''}"
         return json.loads(line), log.read_text()
