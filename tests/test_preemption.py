@@ -3,9 +3,9 @@ uninterrupted run; SIGTERM and Ctrl-C stop at a whole state with a non-zero exit
 a truncated checkpoint is named and skipped; retention; the held-out loss counts each example once
 under 2-process DDP.
 
-The CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once a session:
-the ``driver`` fixture, tests.helpers.Driver)
-and kill themselves with ``tests.kill_switch.KillAt`` at named phases, so nothing depends on timing.
+The killed CLI runs are forked from one driver process (the imports, most of a run's start-up, happen once a
+session: the ``driver`` fixture, tests.helpers.Driver) and kill themselves with ``tests.kill_switch.KillAt`` at named
+phases, so nothing depends on timing; the uninterrupted run runs in this process meanwhile.
 """
 
 import json
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from lightning_al.checkpointing import CheckpointError, check_checkpoint, resolve_checkpoint, resume_command
+from lightning_al.cli import main
 from lightning_al.evaluation.metrics import ExampleMean
 from tests.conftest import SHORT_ANSWERS, tiny_run_args
 from tests.helpers import read_rounds
@@ -31,24 +32,29 @@ def _results(run_dir):
 
 
 def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir, driver):
-    def args(run_name, *extra):
+    def args(run_name, *extra, cache_dir=workdir):
         options = {"loop.strategy": ENTROPY, "model.score_source": "prompt", "data.evaluations": SHORT_ANSWERS,
                    "checkpoint.every_n_train_steps": 2, "checkpoint.every_n_minutes": "null",
                    "checkpoint.scores_every_n_batches": 1}
-        return ["lightning-al", "fit", *tiny_run_args(workdir, run_name=run_name, **options), *extra]
+        return ["lightning-al", "fit", *tiny_run_args(cache_dir, run_name=run_name, **options), *extra]
 
     # Round 0 trains on 20 labels (3 batches: steps 1-3, 4-6), round 1 on 40 (5 batches: steps 7-11, 12-16);
     # a checkpoint every 2 steps (not at an epoch's last batch) and after every scoring batch.
     phases = ["scoring:0:3", "acquired:0", "step:5", "eval:1", "scoring:1:3", "step:9@SIGTERM", "step:13@SIGINT"]
     kill = json.dumps({"class_path": "tests.kill_switch.KillAt",
                        "init_args": {"phases": phases, "marker_dir": str(workdir / "markers")}})
-    code, log = driver.run(workdir, args("reference"))
-    assert code == 0, log[-3000:]
     command = args("killed", f"--trainer.callbacks=[{kill}]")
     run_dir = workdir / "checkpoints" / "killed"
     codes, logs = [], []
     for attempt in range(len(phases) - 1):
-        code, log = driver.run(workdir, command + ["--ckpt_path", "last"] * (attempt > 0))
+        started = driver.start(workdir, command + ["--ckpt_path", "last"] * (attempt > 0))
+        if attempt == 0:  # the uninterrupted run, in this process beside the first one (its own pool cache)
+            try:
+                main(args("reference", cache_dir=workdir / "reference-cache")[1:])
+            finally:
+                code, log = driver.result(started)
+        else:
+            code, log = driver.result(started)
         codes.append(code)
         logs.append(log)
     assert codes == [-9] * 5 + [143], (codes, [log[-1500:] for log in logs])
