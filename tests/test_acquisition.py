@@ -16,7 +16,7 @@ ENTROPY = "lightning_al.strategies.EntropySampling"
 
 
 def test_entropy_round_acquires_the_highest_scores_of_the_pool(workdir):
-    main(["fit", *tiny_run_args(workdir, **{"loop.strategy": ENTROPY, "loop.rounds": 2})])
+    main(["fit", *tiny_run_args(workdir, **{"loop.strategy": ENTROPY, "loop.rounds": 2, "loop.epochs_per_round": 1})])
     rounds = read_rounds(workdir / "checkpoints" / "tiny")
     for r in (0, 1):
         assert all(np.isfinite(row["entropy"]) and row["num_tokens"] >= 1 for row in rounds[r])

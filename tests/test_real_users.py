@@ -97,7 +97,8 @@ def test_csv_logger_beside_tensorboard_receives_the_per_round_metrics(workdir):
 
     loggers = ('[{"class_path": "lightning.pytorch.loggers.TensorBoardLogger", "init_args": {"save_dir": "tb"}},'
                ' {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "lightning_logs"}}]')
-    main(["fit", *tiny_run_args(workdir, **{"trainer.logger": loggers, "loop.diversity_sample": 0})])
+    main(["fit", *tiny_run_args(workdir, **{"trainer.logger": loggers, "loop.diversity_sample": 0,
+                                            "loop.epochs_per_round": 1})])
     # Left at their defaults, both write under a folder named after the run (no version_N).
     rows = list(csv.DictReader((workdir / "lightning_logs" / "tiny" / "metrics.csv").open()))
     by_round = {int(row["step"]): row for row in rows if row.get("round/heldout/loss")}
@@ -127,7 +128,8 @@ def test_wandb_logger_offline_receives_the_per_round_metrics(workdir, monkeypatc
 
     monkeypatch.setattr(WandbLogger, "log_metrics", spy)
     args = tiny_run_args(workdir, **{"trainer.logger": "lightning.pytorch.loggers.WandbLogger",
-                                     "trainer.logger.init_args.offline": "true", "loop.diversity_sample": 0})
+                                     "trainer.logger.init_args.offline": "true", "loop.diversity_sample": 0,
+                                     "loop.epochs_per_round": 1})
     try:
         main(["fit", *args])
     finally:
