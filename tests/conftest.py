@@ -64,15 +64,40 @@ def workdir(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.fixture(scope="session")
-def driver(tmp_path_factory):
-    """Runs ``lightning-al`` commands in forked children of one process (tests.helpers.Driver): a process's
-    imports are paid once per session."""
-    from tests.helpers import Driver
+_drivers: list = []  # the session's driver, started once the tests are collected
 
-    driver = Driver(tmp_path_factory.mktemp("driver"))
-    yield driver
-    driver.close()
+
+def pytest_collection_modifyitems(session, config, items):
+    """Starts the driver as soon as the tests are collected when one of them uses it: its imports overlap the
+    tests before the first one that does."""
+    if any("driver" in item.fixturenames for item in items) and not _drivers:
+        import tempfile
+
+        from tests.helpers import Driver
+
+        _drivers.append(Driver(Path(tempfile.mkdtemp(prefix="lightning-al-driver-"))))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    while _drivers:
+        driver = _drivers.pop()
+        driver.close()
+        shutil.rmtree(driver.log_dir, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def driver():
+    """Runs ``lightning-al`` commands in forked children of one process (tests.helpers.Driver): a process's
+    imports are paid once per session. A run's output comes back with its exit status."""
+    if not _drivers:  # (collected without it: a test asked for it by name at run time)
+        import tempfile
+
+        from tests.helpers import Driver
+
+        _drivers.append(Driver(Path(tempfile.mkdtemp(prefix="lightning-al-driver-"))))
+    return _drivers[0]
 
 
 #: A multiple-choice set of 7 questions: 2-process DDP pads it with one repeat.
