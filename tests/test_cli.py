@@ -12,6 +12,7 @@ import yaml
 from lightning_al import module
 from lightning_al.cli import main
 from lightning_al.commands import main as command
+from lightning_al.evaluation import HeldOutAnswers
 from lightning_al.report import load_run
 from lightning_al.report.command import main as report
 from lightning_al.study import StudyCLI
@@ -108,11 +109,14 @@ def test_a_short_strategy_name_runs_alike_in_study_fit_and_report(workdir):
 
 
 def test_predict_needs_no_budget_and_writes_to_scores_output_path(workdir):
-    # The default evaluation sets (data.evaluations left out): made and prepared, not run by predict.
+    # The default evaluation sets (data.evaluations left out; the other tiny runs generate shorter answers):
+    # the held-out answers, made and prepared (predict does not run them).
     args = [a for a in tiny_run_args(workdir, **{"data.evaluations": None}) if not a.startswith("--loop.budget")]
-    main(["predict", *args, "--scores.output_path=scores/pool.jsonl"])
+    cli = main(["predict", *args, "--scores.output_path=scores/pool.jsonl"])
     rows = [json.loads(line) for line in (workdir / "scores" / "pool.jsonl").read_text().splitlines()]
     assert len(rows) == 104 and not (workdir / "checkpoints" / "tiny" / "scores.jsonl").exists()
+    [default] = cli.datamodule.evaluations
+    assert isinstance(default, HeldOutAnswers) and default.name == "heldout" and len(default.rows) == 16
 
 
 def test_fit_without_budget_names_the_key(workdir, monkeypatch):
