@@ -74,22 +74,33 @@ def _loader(dm, indices, rows: int | None, tokens: int | None, extra: int):
     return list(dm.score_dataloader(indices, extra_tokens=extra))
 
 
+class Clock:
+    """Wall seconds, and this process's CPU seconds (all its threads): with one thread on cores that other
+    processes share, CPU time counts the work done, where wall time also counts the waiting."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def read(self) -> np.ndarray:
+        return np.array([time.perf_counter() - self.wall, time.process_time() - self.cpu])
+
+
 @torch.inference_mode()
-def _timed(fn, batches, device) -> tuple[float, float]:
-    """(seconds, generated tokens) of ``fn`` over the batches."""
+def _timed(fn, batches, device) -> tuple[np.ndarray, float]:
+    """([wall, CPU] seconds, generated tokens) of ``fn`` over the batches."""
     _sync(device)
-    start = time.perf_counter()
+    clock = Clock()
     generated = 0.0
     for batch in batches:
         generated += fn({k: v.to(device) for k, v in batch.items()})
     _sync(device)
-    return time.perf_counter() - start, generated
+    return clock.read(), generated
 
 
 @torch.inference_mode()
-def _decode_cost(model, dm, indices, batch_size: int, steps: int, device, cache: str) -> float:
-    """Seconds per generated token at ``batch_size`` with the KV cache ``cache``: a batch of median-length
-    prompts, every row kept generating (no end-of-turn stop), the prefill subtracted."""
+def _decode_cost(model, dm, indices, batch_size: int, steps: int, device, cache: str) -> np.ndarray:
+    """[wall, CPU] seconds per generated token at ``batch_size`` with the KV cache ``cache``: a batch of
+    median-length prompts, every row kept generating (no end-of-turn stop), the prefill subtracted."""
     from transformers import GenerationConfig
 
     from lightning_al.model.inference import generate_greedy
@@ -102,21 +113,24 @@ def _decode_cost(model, dm, indices, batch_size: int, steps: int, device, cache:
     batch = {k: v.to(device) for k, v in batch.items()}
     pad = model.tokenizer.pad_token_id
 
-    def run(new: int) -> float:
+    def run(new: int) -> np.ndarray:
         config = GenerationConfig(max_new_tokens=new, min_new_tokens=new, do_sample=False, eos_token_id=None,
                                   pad_token_id=pad)
         _sync(device)
-        start = time.perf_counter()
+        clock = Clock()
         generate_greedy(model.model, batch["input_ids"], batch["attention_mask"], config, cache)
         _sync(device)
-        return time.perf_counter() - start
+        return clock.read()
 
-    run(2)  # warm-up
-    # Each length timed on its own (least of 2), so that the prefill's noise does not land in the
-    # difference; a difference at or below 0 (prefill noise larger than the decode steps) is no measurement.
-    prefill_only = min(run(1) for _ in range(2))
-    decoding = min(run(2 * steps + 1) for _ in range(2)) - prefill_only
-    return decoding / (2 * steps * batch_size) if decoding > 0 else float("nan")
+    run(1)  # warm-up
+    # Each length timed on its own; a second pair only where the first difference is at or below 0 (prefill
+    # noise larger than the decode steps), then the least of each (wall and CPU apart); still at or below 0:
+    # no measurement.
+    prefill_only, full = run(1), run(2 * steps + 1)
+    if (full - prefill_only <= 0).any():
+        prefill_only, full = np.minimum(prefill_only, run(1)), np.minimum(full, run(2 * steps + 1))
+    decoding = full - prefill_only
+    return np.where(decoding > 0, decoding / (2 * steps * batch_size), np.nan)
 
 
 def _bbh_batches(args, model):
@@ -187,13 +201,14 @@ def main() -> None:
                         prefill_batches, device)
     decode = {(b, c): _decode_cost(model, dm, indices, b, args.max_new_tokens, device, c)
               for b in args.decode_batch_sizes for c in args.caches}
-    measured = [c for c in decode.values() if c == c]  # NaN: no measurement
-    if not measured:
+    costs = np.array(list(decode.values()))  # [setting, (wall, CPU)]; NaN: no measurement
+    if np.isnan(costs).all(0).any():
         raise SystemExit("no decode cost could be measured (prefill noise larger than the decode steps)")
-    best_decode = min(measured)
-    decode_text = "; ".join(f"{c}: " + ", ".join(f"{b}: {decode[b, c] * 1e3:.2f} ms" for b in args.decode_batch_sizes)
-                            for c in args.caches)
-    print(f"prefill {prefill:.1f} s; decode s/token by cache and batch size: {decode_text}", file=sys.stderr)
+    best_decode = np.nanmin(costs, axis=0)  # wall and CPU apart
+    decode_text = "; ".join(f"{c}: " + ", ".join(f"{b}: {decode[b, c][0] * 1e3:.2f} ms ({decode[b, c][1] * 1e3:.2f})"
+                                                 for b in args.decode_batch_sizes) for c in args.caches)
+    print(f"prefill {prefill[0]:.1f} s ({prefill[1]:.1f} CPU); decode s/token (CPU) by cache and batch size: "
+          f"{decode_text}", file=sys.stderr)
 
     def scoring(batch) -> float:
         return float(model.predict_step(batch)["num_tokens"].sum())
@@ -211,6 +226,7 @@ def main() -> None:
     if not args.skip_cot:
         runs.append(("cot", cot, args.cot_new_tokens, [b for b in batchings if b[0] in args.cot_batches]))
     rows = []
+    first, last = args.caches[0], args.caches[-1]
     for kind, fn, extra, kind_batchings in runs:
         for label, n, t in kind_batchings:
             batches = _loader(dm, indices, n, t, extra)
@@ -219,13 +235,13 @@ def main() -> None:
                 model.hparams["generation_cache"] = cache_of["cache"] = cache
                 seconds[cache], generated = _timed(fn, batches, device)
                 floor = prefill + generated * best_decode
-                rows.append((f"{kind}-{label}", cache, len(batches), seconds[cache], generated, floor / seconds[cache],
-                             None))
-                print(f"{kind}-{label} {cache}: {len(batches)} batches, {seconds[cache]:.1f} s, {generated:.0f} generated, "
-                      f"floor {floor:.1f} s", file=sys.stderr)
+                rows.append([f"{kind}-{label}", cache, len(batches), seconds[cache], generated, floor / seconds[cache],
+                             None])
+                print(f"{kind}-{label} {cache}: {len(batches)} batches, {seconds[cache][0]:.1f} s "
+                      f"({seconds[cache][1]:.1f} CPU), {generated:.0f} generated, floor {floor[0]:.1f} s "
+                      f"({floor[1]:.1f} CPU)", file=sys.stderr)
             if len(args.caches) > 1:  # the first cache's speed-up over the last one's
-                first = next(i for i, r in enumerate(rows) if r[:2] == (f"{kind}-{label}", args.caches[0]))
-                rows[first] = rows[first][:6] + (seconds[args.caches[-1]] / seconds[args.caches[0]],)
+                rows[-len(args.caches)][6] = seconds[last] / seconds[first]
     bbh = []
     if args.bbh and not args.skip_cot:
         from lightning_al.evaluation.bbh import BBH_STOP_STRINGS
@@ -236,31 +252,34 @@ def main() -> None:
             cache_of["cache"] = cache
             seconds, generated = _timed(lambda b: cot(b, BBH_STOP_STRINGS), batches, device)
             bbh.append((cache, len(batches), seconds, generated))
-            print(f"bbh-{args.bbh_task} {cache}: {seconds:.1f} s, {generated:.0f} generated", file=sys.stderr)
+            print(f"bbh-{args.bbh_task} {cache}: {seconds[0]:.1f} s ({seconds[1]:.1f} CPU), {generated:.0f} generated",
+                  file=sys.stderr)
     model.hparams["generation_cache"] = "static"
 
     hardware = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.machine()}, {args.threads} threads"
-    first, last = args.caches[0], args.caches[-1]
     lines = [
         f"# Generation benchmark ({args.device}: {hardware})", "",
         f"{Path(args.model).name}, {args.dtype}, {len(indices)} FLAN v2 CoT prompts ({prompt_tokens} prompt tokens, "
         f"seed {args.seed}); scoring {args.max_new_tokens} new tokens, CoT {args.cot_new_tokens}; torch "
         f"{torch.__version__}; load average {load_before:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; "
         f"total {time.time() - started:.0f} s." + (f" {args.note}" if args.note else ""), "",
-        f"Floor parts: prefill {prefill:.2f} s; decode seconds per token by KV cache and batch size: {decode_text} "
-        f"(best {best_decode * 1e3:.2f} ms).", "",
-        f"| pass | KV cache | batches | seconds | generated tokens | floor / pass (target ≥ 0.8) | "
-        f"{first} vs {last} (speed-up) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "Seconds are wall time, with this process's CPU time in brackets; on cores that other processes share, "
+        "run with --threads 1 and read the CPU-time ratios (wall time then also counts the waiting).", "",
+        f"Floor parts: prefill {prefill[0]:.2f} s ({prefill[1]:.2f}); decode seconds per token by KV cache and batch "
+        f"size: {decode_text} (best {best_decode[0] * 1e3:.2f} ms ({best_decode[1] * 1e3:.2f})).", "",
+        f"| pass | KV cache | batches | seconds (CPU) | generated tokens | floor / pass, wall (target ≥ 0.8) | "
+        f"floor / pass, CPU | {first} vs {last}: speed-up, wall (CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    lines += [f"| {name} | {cache} | {b} | {s:.1f} | {g:.0f} | {r:.2f} | {'' if u is None else f'{u:.2f}x'} |"
-              for name, cache, b, s, g, r, u in rows]
+    lines += [f"| {name} | {cache} | {b} | {s[0]:.1f} ({s[1]:.1f}) | {g:.0f} | {r[0]:.2f} | {r[1]:.2f} | "
+              f"{'' if u is None else f'{u[0]:.2f}x ({u[1]:.2f}x)'} |" for name, cache, b, s, g, r, u in rows]
     if bbh:
         lines += ["", f"BBH {args.bbh_task}, {args.bbh_examples} questions (prompts up to {width} tokens, the 3-shot "
                   f"exemplars run once per batch), batches of {args.bbh_batch_size}, up to {args.cot_new_tokens} new "
-                  "tokens:", "", f"| KV cache | batches | seconds | generated tokens | {first} vs this (speed-up) |",
-                  "|---|---:|---:|---:|---:|"]
-        lines += [f"| {cache} | {b} | {s:.1f} | {g:.0f} | {bbh[0][2] and s / bbh[0][2]:.2f}x |" for cache, b, s, g in bbh]
+                  "tokens:", "", f"| KV cache | batches | seconds (CPU) | generated tokens | {first} vs this: speed-up, "
+                  "wall (CPU) |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {cache} | {b} | {s[0]:.1f} ({s[1]:.1f}) | {g:.0f} | {s[0] / bbh[0][2][0]:.2f}x "
+                  f"({s[1] / bbh[0][2][1]:.2f}x) |" for cache, b, s, g in bbh]
     text = "\n".join(lines) + "\n"
     print(text)
     output = Path(args.output or REPO / "benchmarks" / "results" / f"generation-{args.device}.md")
