@@ -56,6 +56,10 @@ class ActiveLearningDataModule(LightningDataModule):
             prompts as fit in this many tokens, each counted as the batch's longest prompt plus the new
             tokens of generated scoring (long prompts small batches, short prompts large ones; at most
             8 x eval_batch_size rows). Scores do not depend on it; speed and memory do. None: fixed rows.
+            Generation reads every weight at every step whatever the batch, so on a CPU larger batches
+            decode faster per token (benchmarks/results/generation-cpu.md); on a GPU, raise it as memory allows.
+        eval_batch_tokens: The same for the evaluation sets of ``evaluations`` (each row counted as the
+            batch's longest prompt plus the set's new tokens); None: ``eval_batch_size`` rows.
         num_workers: DataLoader worker processes.
         num_proc: Processes that tokenize the pool (``datasets.map(num_proc=...)``). None: one per
             10,000 examples, at most one per CPU core; 1: in this process.
@@ -90,7 +94,8 @@ class ActiveLearningDataModule(LightningDataModule):
         max_truncated_fraction: float = 0.5,
         batch_size: int = 8,
         eval_batch_size: int = 16,
-        score_batch_tokens: int | None = None,
+        score_batch_tokens: int | None = 4096,
+        eval_batch_tokens: int | None = 4096,
         num_workers: int = 0,
         num_proc: int | None = None,
         length_group_factor: int = 50,
@@ -98,6 +103,9 @@ class ActiveLearningDataModule(LightningDataModule):
         evaluations: list[Evaluation] | None = None,
     ) -> None:
         super().__init__()
+        for key, value in (("score_batch_tokens", score_batch_tokens), ("eval_batch_tokens", eval_batch_tokens)):
+            if value is not None and value < 1:
+                raise ValueError(f"data.{key} must be >= 1 (or null: batches of eval_batch_size rows), got {value}")
         self.source = pool if pool is not None else SyntheticTasks()
         self.tokenizer_name = tokenizer
         self.validation_size = validation_size
@@ -109,6 +117,7 @@ class ActiveLearningDataModule(LightningDataModule):
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.score_batch_tokens = score_batch_tokens
+        self.eval_batch_tokens = eval_batch_tokens
         self.num_workers = num_workers
         self.num_proc = num_proc
         self.length_group_factor = length_group_factor
@@ -326,7 +335,8 @@ class ActiveLearningDataModule(LightningDataModule):
         pad = self.tokenizer.pad_token_id
         loaders = {self.heldout_loss.name: self._loader(indices, self.eval_batch_size, CausalLMCollator(pad))}
         for evaluation in self.evaluations:
-            loaders[evaluation.name] = (evaluation.dataloader(self.eval_batch_size, self.num_workers, pad)
+            loaders[evaluation.name] = (evaluation.dataloader(self.eval_batch_size, self.num_workers, pad,
+                                                              self.eval_batch_tokens)
                                         if evaluation in due else self._loader(indices[:0], 1, CausalLMCollator(pad)))
         return loaders
 

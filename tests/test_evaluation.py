@@ -98,16 +98,21 @@ CHOICES = [
 ]
 
 
-def test_multiple_choice_accuracy_equals_a_naive_reference(tiny, tmp_path):
+@pytest.mark.parametrize("budgeted", [False, True])
+def test_multiple_choice_accuracy_equals_a_naive_reference(tiny, tmp_path, budgeted):
     model, tokenizer = tiny
     rows = [{"question": f"Pick {i}", "choices": ["x" * (i % 3 + 1), "y", "zz", "w"], "answer": i % 4}
             for i in range(10)]
     evaluation = MultipleChoice(source=str(_write_choices(tmp_path / "mc.jsonl", rows)), num_fewshot=0)
     evaluation.prepare(tokenizer, held_out=datasets.Dataset.from_dict({}))  # a set that needs no held-out rows
     module = SimpleNamespace(model=model)
-    got = {}
-    for batch in evaluation.dataloader(4, 0, tokenizer.pad_token_id):
+    got, sizes = {}, []
+    # Budgeted: 3 rows of the longest prompt a batch, where fixed batches hold 4.
+    batch_tokens = 3 * max(row["prompt_length"] for row in evaluation.rows) if budgeted else None
+    for batch in evaluation.dataloader(4, 0, tokenizer.pad_token_id, batch_tokens):
         got.update(zip(batch["index"].tolist(), evaluation.correct(module, batch).tolist()))
+        sizes.append(len(batch["index"]))
+    assert sum(sizes) == len(rows) and max(sizes) == (3 if budgeted else 4)
     expected = {}
     for i, row in enumerate(evaluation.rows):
         scores = [_naive_logprob(model, row["input_ids"], c) for c in row["continuations"]]

@@ -80,7 +80,7 @@ def make_model(
 def datamodule(tmp_path_factory):
     dm = ActiveLearningDataModule(
         SyntheticTasks(num_examples=30, min_length=1, max_length=24, seed=3), tokenizer="char", validation_size=0,
-        eval_batch_size=10, cache_dir=str(tmp_path_factory.mktemp("cache")),
+        eval_batch_size=10, score_batch_tokens=None, cache_dir=str(tmp_path_factory.mktemp("cache")),
     )
     dm.setup("fit")
     return dm
@@ -514,6 +514,29 @@ def test_token_budget_batches_respect_the_budget_and_keep_the_order():
     # A pass resumed at a batch boundary sees the same batches as an uninterrupted one.
     rest = token_budget_batches(indices[3:], lengths, 100, 10, 4)
     assert len(rest) == 2 and all(np.array_equal(a, b) for a, b in zip(rest, batches[2:]))
+
+
+def test_token_budget_batch_sampler_splits_groups_and_takes_a_distributed_sampler():
+    from torch.utils.data import DistributedSampler, SequentialSampler
+
+    from lightning_al.data.batching import TokenBudgetBatchSampler
+
+    lengths = np.array([30, 20, 20, 10, 9, 25, 24, 3, 3, 2])  # two groups, each sorted longest first
+    groups = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    sampler = TokenBudgetBatchSampler(SequentialSampler(range(10)), lengths, max_tokens=60, extra_tokens=5,
+                                      max_rows=3, groups=groups)
+    batches = list(sampler)
+    assert sorted(i for b in batches for i in b) == list(range(10)) and len(sampler) == len(batches)
+    for batch in batches:
+        assert len(set(groups[batch])) == 1  # never two tasks in a batch
+        assert len(batch) == 1 or len(batch) * (lengths[batch].max() + 5) <= 60
+        assert len(batch) <= 3
+    assert [len(b) for b in batches] == [1, 2, 2, 2, 3]  # 35 alone; 2 x 25; then a new group at 25 + 5
+    # What Lightning does under DDP: the same batch sampler around each rank's distributed sampler.
+    shards = [list(TokenBudgetBatchSampler(DistributedSampler(range(10), num_replicas=2, rank=r, shuffle=False),
+                                           lengths, 60, 5, 3, groups)) for r in (0, 1)]
+    assert sorted(i for shard in shards for b in shard for i in b) == list(range(10))
+    assert all(len(set(groups[b])) == 1 for shard in shards for b in shard)
 
 
 @pytest.mark.parametrize("source", ["prompt", "generated"])

@@ -105,3 +105,23 @@ def test_a_few_shot_set_generates_each_task_apart_with_its_prefix_run_once(monke
         ids = torch.tensor([row["input_ids"]])
         alone = greedy_generate(module.model, module.tokenizer, ids, torch.ones_like(ids), NEW_TOKENS, stop)
         assert record["generation"] == alone[0]
+
+
+def test_a_few_shot_set_in_token_budget_batches_keeps_tasks_apart_and_generates_the_same():
+    module = make_model("prompt")
+    module.model.eval()
+    pad = module.tokenizer.pad_token_id
+    generations = {}
+    for batch_tokens in (None, 2 * (len(EXEMPLARS) + 40)):  # budgeted: about two rows a batch
+        evaluation = _FewShot("fewshot", max_new_tokens=NEW_TOKENS)
+        evaluation.prepare(module.tokenizer, None)
+        batches = list(evaluation.dataloader(4, 0, pad, batch_tokens))
+        if batch_tokens:
+            assert len(batches) > 2 and all(len({evaluation.rows[i]["group"] for i in b["index"].tolist()}) == 1
+                                            for b in batches)
+        with torch.no_grad():
+            for batch in batches:
+                evaluation.update(module, batch)
+        evaluation.compute()
+        generations[batch_tokens] = {r["id"]: r["generation"] for r in evaluation.last_records}
+    assert len(generations[None]) == 7 and generations[None] == generations[2 * (len(EXEMPLARS) + 40)]

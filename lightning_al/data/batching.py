@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 IGNORE_INDEX = -100
 
@@ -133,7 +133,7 @@ def token_budget_batches(
     resumed at a boundary sees the same batches as an uninterrupted one.
     """
     if max_tokens < 1:
-        raise ValueError(f"data.score_batch_tokens must be >= 1, got {max_tokens}")
+        raise ValueError(f"a token budget must be >= 1, got {max_tokens}")
     batches, start = [], 0
     while start < len(indices):
         width = int(lengths[indices[start]]) + extra_tokens  # the first row is the longest (sorted)
@@ -143,3 +143,35 @@ def token_budget_batches(
         batches.append(indices[start : start + rows])
         start += rows
     return batches
+
+
+class TokenBudgetBatchSampler(BatchSampler):
+    """``token_budget_batches`` over the order of ``sampler``, as a ``BatchSampler`` so that Lightning can
+    put its distributed sampler in place of ``sampler`` under DDP (each process then batches its own
+    share, which keeps the decreasing lengths of a sorted dataset).
+
+    ``lengths[i]``: the prompt length of dataset position ``i``. ``groups`` (optional): no batch spans two
+    groups, so that a group's shared few-shot prompt makes every batch of it share a prefix.
+    """
+
+    def __init__(self, sampler: Sampler[int] | Sequence[int], lengths: Sequence[int], max_tokens: int,
+                 extra_tokens: int = 0, max_rows: int | None = None, groups: Sequence[Any] | None = None) -> None:
+        super().__init__(sampler, batch_size=max(1, max_rows or 1), drop_last=False)
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.groups = None if groups is None else np.asarray(groups)
+        self.max_tokens, self.extra_tokens, self.max_rows = max_tokens, extra_tokens, max_rows
+
+    def _batches(self) -> list[np.ndarray]:
+        order = np.fromiter(iter(self.sampler), dtype=np.int64)
+        runs = [order]
+        if self.groups is not None and len(order):
+            cuts = np.flatnonzero(self.groups[order][1:] != self.groups[order][:-1]) + 1
+            runs = np.split(order, cuts)
+        return [batch for run in runs
+                for batch in token_budget_batches(run, self.lengths, self.max_tokens, self.extra_tokens, self.max_rows)]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        yield from (batch.tolist() for batch in self._batches())
+
+    def __len__(self) -> int:
+        return len(self._batches())

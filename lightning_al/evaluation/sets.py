@@ -23,10 +23,10 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.batching import CausalLMCollator, length_sorted
+from lightning_al.data.batching import CausalLMCollator, TokenBudgetBatchSampler, length_sorted
 from lightning_al.evaluation.answers import exact_match, truncate_at_stop
 from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
 from lightning_al.evaluation.records import MAX_GENERATION_CHARS, ExampleRecords
@@ -123,16 +123,26 @@ class Evaluation(EvaluationPass):
         self.groups = list(groups)
         self.metrics["correct"] = GroupedAccuracy(groups, [row["group"] for row in self.rows])
 
-    def dataloader(self, batch_size: int, num_workers: int, pad_token_id: int) -> DataLoader:
+    #: Tokens that evaluating a row adds to its prompt (a generation's new tokens): counted by token budgets.
+    new_tokens = 0
+
+    def dataloader(self, batch_size: int, num_workers: int, pad_token_id: int,
+                   batch_tokens: int | None = None) -> DataLoader:
+        """Batches of ``batch_size`` prompts, or with ``batch_tokens`` as many as fit in that many tokens
+        (each row counted as the batch's longest prompt plus ``new_tokens``; at most 8 x ``batch_size``)."""
         # Longest prompts first: batches of similar lengths, and an out-of-memory error shows up at once.
         lengths = np.array([row["prompt_length"] for row in self.rows])
+        groups = np.array([row["group"] for row in self.rows])
         order = length_sorted(np.arange(len(self.rows)), lengths)
         if self.batch_by_group:  # stable: longest first within each group
-            groups = np.array([row["group"] for row in self.rows])
             order = order[np.argsort(groups[order], kind="stable")]
         collator = CausalLMCollator(pad_token_id, padding_side="left", prompt_only=True)
-        return DataLoader([self.rows[i] for i in order], batch_size=batch_size, shuffle=False,
-                          collate_fn=collator, num_workers=num_workers)
+        rows = [self.rows[i] for i in order]
+        if batch_tokens is None:
+            return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
+        sampler = TokenBudgetBatchSampler(SequentialSampler(rows), lengths[order], batch_tokens, self.new_tokens,
+                                          max_rows=8 * batch_size, groups=groups[order] if self.batch_by_group else None)
+        return DataLoader(rows, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
 
     def update(self, module, batch: Batch) -> None:
         correct = self.correct(module, batch)
@@ -162,7 +172,7 @@ class GenerativeEvaluation(Evaluation):
 
     def __init__(self, name: str, max_new_tokens: int, rounds: list[int] | None = None) -> None:
         super().__init__(name, rounds)
-        self.max_new_tokens = max_new_tokens
+        self.max_new_tokens = self.new_tokens = max_new_tokens
         self.metrics["answered"] = ExampleMean()  # per example: DDP's padding repeats count once
 
     def correct(self, module, batch: Batch) -> torch.Tensor:
