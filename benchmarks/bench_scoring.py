@@ -15,6 +15,9 @@ Variants, each measured in a fresh subprocess (so that peak memory is its own):
                      logits (output_logits), softmax statistics over all steps (masked)
   decoder-only       the decoder (``model.get_decoder()``) over the project's batches, keeping no
                      logits: the memory floor that scoring is compared with
+  forward            the model's plain forward (LoRA included) over the project's batches, logits at every
+                     position and nothing computed from them: the bare forward a score cannot be cheaper than
+                     by more than the LM head it skips at unscored positions
 
 Setups: ``smollm2`` (SmolLM2-135M-Instruct, vocab 49152) and ``random-llama`` (a randomly
 initialised Llama with vocab 128256 and a few small layers, where the LM head dominates), both on a
@@ -23,6 +26,8 @@ seeded sample of FLAN v2 CoT prompts tokenized with SmolLM2's tokenizer and chat
 Tokens/s: real (unpadded) prompt tokens per second of a timed pass over all the variant's prompts,
 after a one-prompt warm-up. The naive passes cost the same for every prompt (all are padded to the same
 width), so they run on a seeded subset (--naive-prompts) and their rate stands for the whole sample.
+The ratios are also given in CPU time (the worker process's, in brackets): on cores that other processes
+share, run with --threads 1 and read those, since wall time then also counts the waiting.
 
 Peak extra memory: the most memory a pass holds beyond what was live before it. On CUDA,
 ``torch.cuda.max_memory_allocated`` minus the memory allocated before. On CPU, the resident-set
@@ -56,7 +61,7 @@ RANDOM_LLAMA = dict(
     model_type="llama", vocab_size=128256, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
 )
-VARIANTS = ("decoder-only", "project-prompt", "project-generated", "project-generated-dynamic", "naive-prompt",
+VARIANTS = ("decoder-only", "forward", "project-prompt", "project-generated", "project-generated-dynamic", "naive-prompt",
             "naive-generated")
 PREVIOUS_RUNS = "## Previous runs"
 
@@ -195,6 +200,9 @@ def _run_batch(variant, model, batch, stop_ids, spec):
     if variant == "decoder-only":
         model.model.get_base_model().get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
         return batch["input_ids"].numel(), 0.0, float("nan")
+    if variant == "forward":
+        model.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return batch["input_ids"].numel(), 0.0, float("nan")
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if variant == "naive-prompt":
         logits = model.model(input_ids=ids, attention_mask=mask).logits
@@ -259,9 +267,9 @@ def worker(spec: dict) -> dict:
         run([{k: v[:1] for k, v in next(batches()).items()}])
         if naive:  # its peak is gigabytes: measured on the timed pass itself
             meter.start(fixed_threshold=False)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         real, processed, scored, entropies = run(batches())
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
         if naive:
             peak = meter.stop()
         else:
@@ -278,7 +286,8 @@ def worker(spec: dict) -> dict:
                 peaks.append(meter.stop())
             peak = min(peaks)
     return {
-        "variant": variant, "setup": spec["setup"], "prompts": len(indices), "seconds": seconds, "real_tokens": real,
+        "variant": variant, "setup": spec["setup"], "prompts": len(indices), "seconds": seconds,
+        "cpu_seconds": cpu_seconds, "real_tokens": real,
         "processed_tokens": processed, "scored_positions": scored, "peak_extra_bytes": peak,
         "mean_entropy": float(np.nanmean(entropies)),
     }
@@ -309,10 +318,16 @@ def _mib(n: float) -> str:
     return f"{n / 2**20:,.0f}"
 
 
+def _cpu(run: dict) -> float:
+    """CPU seconds per real token of a run (its process's CPU time of the timed pass)."""
+    return run.get("cpu_seconds", run["seconds"]) / run["real_tokens"]
+
+
 def table(results: dict, args) -> str:
     columns = [
         "setup", "scoring", "project tok/s", "naive tok/s", "speed-up", "decoder-only tok/s",
-        "project / decoder-only (prompt: ≥ 0.9)", "static vs dynamic KV cache", "project peak extra MiB",
+        "project / bare forward (prompt: ≥ 0.9), wall (CPU)", "project / decoder-only, wall (CPU)", "static vs dynamic KV cache, wall (CPU)",
+        "project peak extra MiB",
         "decoder-only peak extra MiB", "memory ratio (≤ 1.3)", "naive peak extra MiB",
         "real/processed project (≥ 0.9)", "real/processed naive",
     ]
@@ -330,10 +345,17 @@ def table(results: dict, args) -> str:
             ratio = ours["peak_extra_bytes"] / max(floor["peak_extra_bytes"], 1)
             floor_rate = floor["real_tokens"] / floor["seconds"]
             dynamic = runs.get("project-generated-dynamic") if variant == "project-generated" else None
-            versus = f"{dynamic['seconds'] / ours['seconds']:.2f}x" if dynamic else ""
+            versus = (f"{dynamic['seconds'] / ours['seconds']:.2f}x ({_cpu(dynamic) / _cpu(ours):.2f}x)"
+                      if dynamic else "")
+            # The same real tokens on both sides: the ratio of rates is the inverse ratio of times.
+            cpu_ratio = _cpu(floor) / _cpu(ours)
+            bare = runs.get("forward")
+            versus_bare = (f"{ours_rate / (bare['real_tokens'] / bare['seconds']):.2f} ({_cpu(bare) / _cpu(ours):.2f})"
+                           if bare else "")
             lines.append(
                 f"| {setup} | {source} | {ours_rate:,.0f} | {naive_rate:,.0f} | {ours_rate / naive_rate:.1f}x | "
-                f"{floor_rate:,.0f} | {ours_rate / floor_rate:.2f} | {versus} | {_mib(ours['peak_extra_bytes'])} | "
+                f"{floor_rate:,.0f} | {versus_bare} | {ours_rate / floor_rate:.2f} ({cpu_ratio:.2f}) | {versus} | "
+                f"{_mib(ours['peak_extra_bytes'])} | "
                 f"{_mib(floor['peak_extra_bytes'])} | {ratio:.2f} | "
                 f"{_mib(naive['peak_extra_bytes'])} | {ours['real_tokens'] / ours['processed_tokens']:.3f} | "
                 f"{naive['real_tokens'] / naive['processed_tokens']:.3f} |"
@@ -379,7 +401,7 @@ def main() -> None:
         threads=args.threads, seed=args.seed, cache_dir=args.cache_dir, logits_chunk_size=args.logits_chunk_size,
         memory_batches=args.memory_batches, memory_repeats=args.memory_repeats,
     )
-    variants = ["decoder-only"] + [f"{kind}-{source}" for source in args.sources for kind in ("project", "naive")]
+    variants = ["decoder-only", "forward"] + [f"{kind}-{source}" for source in args.sources for kind in ("project", "naive")]
     if "generated" in args.sources and not args.no_dynamic:
         variants.insert(variants.index("project-generated") + 1, "project-generated-dynamic")
     variants = [v for v in variants if not args.only or v in args.only]
@@ -412,7 +434,8 @@ def main() -> None:
     details = "\n".join(
         f"- {setup}/{name}: {r['prompts']} prompts, {r['real_tokens']} real prompt tokens, "
         f"{r['processed_tokens']} processed, {r['scored_positions']:.0f} scored positions, {r['seconds']:.1f} s, "
-        f"peak extra {_mib(r['peak_extra_bytes'])} MiB, mean entropy {r['mean_entropy']:.3f}"
+        f"({r.get('cpu_seconds', float('nan')):.1f} s CPU), peak extra {_mib(r['peak_extra_bytes'])} MiB, "
+        f"mean entropy {r['mean_entropy']:.3f}"
         for setup, runs in results.items() for name, r in runs.items()
     )
     report = header + table(results, args) + "\n\nRaw measurements:\n\n" + details + "\n"
