@@ -11,14 +11,14 @@ import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, SequentialSampler, Subset
 
 from lightning_al.data.batching import (
     CausalLMCollator,
     LengthGroupedSampler,
     ResumableDataLoader,
     length_sorted,
-    token_budget_batches,
+    TokenBudgetBatchSampler,
 )
 from lightning_al.data.sources import PoolSource, SyntheticTasks
 from lightning_al.data.tokenized_pool import PoolTokenization
@@ -351,11 +351,12 @@ class ActiveLearningDataModule(LightningDataModule):
         collator = CausalLMCollator(self.tokenizer.pad_token_id, padding_side="left", prompt_only=True)
         if self.score_batch_tokens is None:
             return self._loader(indices, self.eval_batch_size, collator)
-        # Positions into the Subset the loader serves (0 .. len(indices) - 1), in the sorted order.
-        positions = token_budget_batches(np.arange(len(indices)), self.prompt_lengths[indices],
-                                         self.score_batch_tokens, extra_tokens, max_rows=8 * self.eval_batch_size)
-        return DataLoader(Subset(self.pool, indices.tolist()), batch_sampler=[p.tolist() for p in positions],
-                          collate_fn=collator, num_workers=self.num_workers)
+        # A BatchSampler over positions into the Subset (0 .. len(indices) - 1, sorted), which Lightning can
+        # wrap (predict) and re-instantiate around its distributed sampler (DDP).
+        subset = Subset(self.pool, indices.tolist())
+        sampler = TokenBudgetBatchSampler(SequentialSampler(subset), self.prompt_lengths[indices], self.score_batch_tokens,
+                                          extra_tokens, max_rows=8 * self.eval_batch_size)
+        return DataLoader(subset, batch_sampler=sampler, collate_fn=collator, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
         return self.score_dataloader(self.unlabeled_indices())
