@@ -35,7 +35,8 @@ def test_killed_at_every_phase_resumes_to_the_uninterrupted_result(workdir, driv
     def args(run_name, *extra, cache_dir=workdir):
         options = {"loop.strategy": ENTROPY, "model.score_source": "prompt", "data.evaluations": SHORT_ANSWERS,
                    "checkpoint.every_n_train_steps": 2, "checkpoint.every_n_minutes": "null",
-                   "checkpoint.scores_every_n_batches": 1}
+                   "checkpoint.scores_every_n_batches": 1,
+                   "data.score_batch_tokens": "null"}  # batches of eval_batch_size rows: the phases count them
         return ["lightning-al", "fit", *tiny_run_args(cache_dir, run_name=run_name, **options), *extra]
 
     # Round 0 trains on 20 labels (3 batches: steps 1-3, 4-6), round 1 on 40 (5 batches: steps 7-11, 12-16);
