@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -214,4 +215,7 @@ def _default_logger_folders(loggers: object, run_name: str) -> None:
 
 def main(args: ArgsType = None) -> ActiveLearningCLI:
     """Run ``lightning-al fit / validate / test / predict`` with ``args`` (default: sys.argv)."""
+    # An evaluation set not due in a round gets an empty loader by design (it keeps its loader position:
+    # ActiveLearningDataModule._evaluation_loaders); Lightning's warning of it is nothing to act on.
+    warnings.filterwarnings("ignore", message=r"Total length of `DataLoader` across ranks is zero")
     return ActiveLearningCLI(args)

@@ -330,7 +330,8 @@ class ActiveLearningDataModule(LightningDataModule):
         """One loader per evaluation pass (``evaluation_passes``), named after it, always all of them in
         the same order: Lightning knows a validation loader by its position (and logged metrics by their
         loader's), so each pass keeps its position in every validation; a set that is not ``due`` gets an
-        empty loader (of which Lightning warns once: "Total length of `DataLoader` across ranks is zero")."""
+        empty loader (Lightning's warning of it, "Total length of `DataLoader` across ranks is zero", is
+        filtered in ``cli.main``)."""
         indices = length_sorted(np.flatnonzero(self.held_out), self.pool_lengths)
         pad = self.tokenizer.pad_token_id
         loaders = {self.heldout_loss.name: self._loader(indices, self.eval_batch_size, CausalLMCollator(pad))}
