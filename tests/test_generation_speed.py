@@ -58,8 +58,10 @@ def test_static_and_dynamic_caches_give_the_same_scores(family, datamodule, mixe
     assert batches == 2  # one static cache per batch, each as long as the batch's generation
     dynamic = module_scores(_with_cache(model, "dynamic"), datamodule, mixed_indices)
     assert len(static_caches) == batches  # none with the dynamic cache
+    # Two float32 paths: a few float32 steps apart (row-chunked prefill attends over each chunk's own width,
+    # which rounds differently); both equal the float64 reference to ATOL (test_scoring, test_model_families).
     for name in SCORE_NAMES:
-        np.testing.assert_allclose(static[name], dynamic[name], rtol=0, atol=1e-6, err_msg=f"{family}: {name}")
+        np.testing.assert_allclose(static[name], dynamic[name], rtol=0, atol=2e-6, err_msg=f"{family}: {name}")
     if family == "llama":
         assert len(np.unique(static["num_tokens"])) >= 2  # rows that stop early and rows that do not
 
@@ -80,7 +82,7 @@ def test_compile_runs_as_static_off_cuda_with_rounded_lengths(datamodule, mixed_
     compiled = module_scores(_with_cache(model, "compile"), datamodule, mixed_indices)
     assert static_caches and all(length % inference.COMPILED_CACHE_MULTIPLE == 0 for length in static_caches)
     for name in SCORE_NAMES:
-        np.testing.assert_allclose(static[name], compiled[name], rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(static[name], compiled[name], rtol=0, atol=2e-6, err_msg=name)
 
 
 def test_a_model_without_static_cache_support_falls_back_to_dynamic(datamodule, mixed_indices, static_caches,
@@ -93,7 +95,7 @@ def test_a_model_without_static_cache_support_falls_back_to_dynamic(datamodule, 
     fallback = module_scores(model, datamodule, mixed_indices)
     assert static_caches == []
     for name in SCORE_NAMES:
-        np.testing.assert_allclose(static[name], fallback[name], rtol=0, atol=1e-6, err_msg=name)
+        np.testing.assert_allclose(static[name], fallback[name], rtol=0, atol=2e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "qwen2"])
