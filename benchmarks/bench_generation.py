@@ -268,7 +268,7 @@ def main() -> None:
         f"Floor parts: prefill {prefill[0]:.2f} s ({prefill[1]:.2f}); decode seconds per token by KV cache and batch "
         f"size: {decode_text} (best {best_decode[0] * 1e3:.2f} ms ({best_decode[1] * 1e3:.2f})).", "",
         f"| pass | KV cache | batches | seconds (CPU) | generated tokens | floor / pass, wall (target ≥ 0.8) | "
-        f"floor / pass, CPU | {first} vs {last}: speed-up, wall (CPU) |",
+        f"floor / pass, CPU | {f'{first} vs {last}: speed-up, wall (CPU)' if first != last else 'one KV cache'} |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
     lines += [f"| {name} | {cache} | {b} | {s[0]:.1f} ({s[1]:.1f}) | {g:.0f} | {r[0]:.2f} | {r[1]:.2f} | "
