@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader, SequentialSampler, Subset
 from lightning_al.data.batching import (
     CausalLMCollator,
     LengthGroupedSampler,
+    TOKEN_BATCH_MAX_ROWS_FACTOR,
     ResumableDataLoader,
-    length_sorted,
     TokenBudgetBatchSampler,
+    length_sorted,
 )
 from lightning_al.data.sources import PoolSource, SyntheticTasks
 from lightning_al.data.tokenized_pool import PoolTokenization
@@ -355,8 +356,9 @@ class ActiveLearningDataModule(LightningDataModule):
         # A BatchSampler over positions into the Subset (0 .. len(indices) - 1, sorted), which Lightning can
         # wrap (predict) and re-instantiate around its distributed sampler (DDP).
         subset = Subset(self.pool, indices.tolist())
-        sampler = TokenBudgetBatchSampler(SequentialSampler(subset), self.prompt_lengths[indices], self.score_batch_tokens,
-                                          extra_tokens, max_rows=8 * self.eval_batch_size)
+        sampler = TokenBudgetBatchSampler(SequentialSampler(subset), self.prompt_lengths[indices],
+                                          self.score_batch_tokens, extra_tokens,
+                                          max_rows=TOKEN_BATCH_MAX_ROWS_FACTOR * self.eval_batch_size)
         return DataLoader(subset, batch_sampler=sampler, collate_fn=collator, num_workers=self.num_workers)
 
     def predict_dataloader(self) -> DataLoader:

@@ -10,6 +10,9 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 IGNORE_INDEX = -100
+#: A batch sized by a token budget holds at most this many times ``eval_batch_size`` rows (short prompts
+#: would otherwise make batches of hundreds of rows, whose per-step work outgrows what batching saves).
+TOKEN_BATCH_MAX_ROWS_FACTOR = 8
 
 
 class CausalLMCollator:

@@ -26,7 +26,12 @@ import torch
 from torch.utils.data import DataLoader, SequentialSampler
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.batching import CausalLMCollator, TokenBudgetBatchSampler, length_sorted
+from lightning_al.data.batching import (
+    TOKEN_BATCH_MAX_ROWS_FACTOR,
+    CausalLMCollator,
+    TokenBudgetBatchSampler,
+    length_sorted,
+)
 from lightning_al.evaluation.answers import exact_match, truncate_at_stop
 from lightning_al.evaluation.metrics import ExampleMean, GroupedAccuracy
 from lightning_al.evaluation.records import MAX_GENERATION_CHARS, ExampleRecords
@@ -141,7 +146,8 @@ class Evaluation(EvaluationPass):
         if batch_tokens is None:
             return DataLoader(rows, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers)
         sampler = TokenBudgetBatchSampler(SequentialSampler(rows), lengths[order], batch_tokens, self.new_tokens,
-                                          max_rows=8 * batch_size, groups=groups[order] if self.batch_by_group else None)
+                                          max_rows=TOKEN_BATCH_MAX_ROWS_FACTOR * batch_size,
+                                          groups=groups[order] if self.batch_by_group else None)
         return DataLoader(rows, batch_sampler=sampler, collate_fn=collator, num_workers=num_workers)
 
     def update(self, module, batch: Batch) -> None:

@@ -401,18 +401,16 @@ def generate_greedy(
     choice = generation_cache(model, cache)
     rows = input_ids.shape[0]
     prefix_cache = None
-    shared = False
     if share_prefix:
         prefix = shared_prefix_length(input_ids, attention_mask)
         if prefix >= MIN_SHARED_PREFIX and _can_share_prefix(model, input_ids.shape[1] + config.max_new_tokens):
             input_ids, attention_mask = _middle_padded(input_ids, attention_mask, prefix)
             prefix_cache = _prefix_cache(model, input_ids[:1, :prefix])
-            shared = True
     config = copy.deepcopy(config)
     extra: dict[str, Any] = {}
     length = input_ids.shape[1] + config.max_new_tokens
     # Many rows, no shared prefix: the prompts are pre-filled in chunks of rows, generate runs the last column.
-    chunked = not shared and rows > PREFILL_ROWS and _can_prefill_in_row_chunks(model, length)
+    chunked = prefix_cache is None and rows > PREFILL_ROWS and _can_prefill_in_row_chunks(model, length)
     if choice == "dynamic":
         if prefix_cache is not None:
             prefix_cache.batch_repeat_interleave(rows)
