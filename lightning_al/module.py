@@ -148,6 +148,11 @@ class LoRALanguageModel(LightningModule):
             target_modules=hp.lora_target_modules, modules_to_save=hp.lora_modules_to_save, task_type="CAUSAL_LM",
         )
         self.model = get_peft_model(base, lora)
+        # from_pretrained hands the base over in eval mode, and Lightning keeps each submodule's mode when fit
+        # starts: the base's own dropout (GPT-2's, say) would stay off in training until a scoring pass happened
+        # to switch the whole module back to train mode, so random and uncertainty runs, and a resumed run,
+        # would train differently. Lightning's evaluation and prediction loops set eval mode themselves.
+        self.model.train()
         set_generation_cache(self.model, hp.get("generation_cache", "static"))  # also for the evaluation sets
         if hp.score_source != "generated":
             output_head(self.model)  # refuses a head it cannot reproduce now, before any scoring pass

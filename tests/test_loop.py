@@ -12,6 +12,7 @@ from peft import PeftModel
 from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.cli import main
 from lightning_al.loop import ActiveLearningLoop
+from lightning_al.module import LoRALanguageModel
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
 from lightning_al.recording import NO_COST
 from lightning_al.strategies import round_sizes
@@ -149,3 +150,27 @@ def test_fresh_run_does_not_warn_about_its_checkpoint_folder(workdir, recwarn):
     run_dir = workdir / "checkpoints" / "tiny"
     assert (run_dir / "best.ckpt").exists() and (run_dir / "config.yaml").exists()
     assert not [str(w.message) for w in recwarn if "Checkpoint directory" in str(w.message)]
+
+
+def test_a_pretrained_base_trains_in_training_mode(workdir, monkeypatch):
+    """``from_pretrained`` returns its model in eval mode, and Lightning keeps each submodule's mode when fit
+    starts. A base with dropout of its own (GPT-2) must still train with it on, whatever the strategy: not
+    only once an uncertainty scoring pass has switched modes, and not differently after a resume."""
+    tokenizer = load_tokenizer("char")
+    gpt2 = {"n_embd": 32, "n_layer": 2, "n_head": 4, "n_positions": 256, "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id, "pad_token_id": tokenizer.pad_token_id}
+    base = load_causal_lm(None, {"model_type": "gpt2", **gpt2}, tokenizer)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in base.modules())
+    base.save_pretrained(workdir / "tiny-gpt2")
+    in_eval = []
+    step = LoRALanguageModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        in_eval.append([name for name, module in self.named_modules() if not module.training])
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LoRALanguageModel, "training_step", training_step)
+    options = {"model.pretrained": str(workdir / "tiny-gpt2"), "model.config": "null", "loop.strategy": "random",
+               "loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 8, "loop.diversity_sample": 0}
+    main(["fit", *tiny_run_args(workdir, **options)])
+    assert in_eval and in_eval == [[]] * len(in_eval), in_eval[0][:5]
