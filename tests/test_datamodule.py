@@ -95,3 +95,23 @@ def test_an_edited_pool_file_is_tokenized_again(tmp_path):
     after = make(tmp_path, pool=LocalFile(str(path)))
     assert after.pool[3]["response"] == "zzz" != before.pool[3]["response"]
     assert len(list((tmp_path / "lightning_al").glob("tokenized-*.arrow"))) == 2
+
+
+def test_a_dated_chat_template_renders_the_same_prompt_every_day():
+    """Llama 3.1-3.3's template writes "Today Date: <strftime_now>" unless given ``date_string``: left to the
+    clock, a pool tokenized one day and a benchmark built the next would differ by their date tokens."""
+    from lightning_al.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("char")
+    tokenizer.chat_template = (
+        '{%- if not date_string is defined %}{%- if strftime_now is defined %}'
+        '{%- set date_string = strftime_now("%d %b %Y") %}{%- else %}{%- set date_string = "01 Jan 1970" %}'
+        '{%- endif %}{%- endif %}Today Date: {{ date_string }}|'
+        '{%- for m in messages %}<{{ m.role }}>{{ m.content }}</{{ m.role }}>{%- endfor %}'
+        '{%- if add_generation_prompt %}<assistant>{%- endif %}'
+    )
+    assert "Today Date: 01 Jan 1970" not in tokenizer.apply_chat_template([{"role": "user", "content": "q"}],
+                                                                          tokenize=False)  # the clock is there
+    prompt = formatting.prompt_text(tokenizer, "", "What is 2+2?")
+    assert prompt == f"Today Date: {formatting.TEMPLATE_DATE}|<user>What is 2+2?</user><assistant>"
+    assert formatting.response_text(tokenizer, "", "What is 2+2?", "4") == "4</assistant>"

@@ -8,6 +8,10 @@ from transformers import PreTrainedTokenizerBase
 
 #: Used when a tokenizer has no chat template (base models).
 PLAIN_TEMPLATE = "{system}### Instruction:\n{prompt}\n\n### Response:\n"
+#: The date given to chat templates that write one (Llama 3.1-3.3: "Today Date: ..."): the day's date would make a
+#: prompt's tokens depend on when it was rendered, so a pool tokenized one day and a benchmark built another (or two
+#: cells of a study) would see different prompts. This is the default those templates use themselves.
+TEMPLATE_DATE = "26 Jul 2024"
 
 
 def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
@@ -18,7 +22,8 @@ def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
 def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str) -> str:
     """The text the model sees before it answers: the chat template with the generation prompt."""
     if tokenizer.chat_template:
-        return tokenizer.apply_chat_template(chat_messages(system, prompt), tokenize=False, add_generation_prompt=True)
+        return tokenizer.apply_chat_template(chat_messages(system, prompt), tokenize=False, add_generation_prompt=True,
+                                             date_string=TEMPLATE_DATE)
     return PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", prompt=prompt)
 
 
@@ -31,7 +36,7 @@ def response_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str, 
     if not tokenizer.chat_template:
         return response + (tokenizer.eos_token or "")
     messages = chat_messages(system, prompt) + [{"role": "assistant", "content": response}]
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, date_string=TEMPLATE_DATE)
     head = prompt_text(tokenizer, system, prompt)
     if not full.startswith(head):
         raise ValueError("the tokenizer's chat template renders the prompt differently with and without the answer")
