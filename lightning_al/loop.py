@@ -236,7 +236,10 @@ class ActiveLearningLoop(Callback):
             except ScoringInterrupted as stopped:
                 self._checkpoints.stop(trainer, f"round {round}'s scoring pass saved its partial scores ("
                                        f"{stopped.done}/{stopped.total} on this rank) in {stopped.path.parent}")
-            tokens = float(scores["num_tokens"].sum() + dm.prompt_lengths[candidates].sum())
+            # Every prompt is read once; generated mode also decodes its scored continuation. (Prompt and
+            # first modes score positions the prompt's own forward already computed.)
+            decoded = scores["num_tokens"].sum() if pl_module.hparams.get("score_source") == "generated" else 0
+            tokens = float(dm.prompt_lengths[candidates].sum() + decoded)
             self.recorder.scored(time.perf_counter() - start, tokens, passes=1)
         rng = np.random.default_rng([self.seed, round])
         if self.strategy.needs_tasks:

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from lightning.pytorch import Trainer
@@ -174,3 +175,23 @@ def test_a_pretrained_base_trains_in_training_mode(workdir, monkeypatch):
                "loop.rounds": 1, "loop.epochs_per_round": 1, "loop.budget": 8, "loop.diversity_sample": 0}
     main(["fit", *tiny_run_args(workdir, **options)])
     assert in_eval and in_eval == [[]] * len(in_eval), in_eval[0][:5]
+
+
+@pytest.mark.parametrize("source", ["prompt", "generated"])
+def test_tokens_scored_counts_each_prompt_once(workdir, source):
+    """The scoring cost: every candidate's prompt, plus the scored continuation in generated mode (prompt mode
+    scores positions of the prompt's own forward: counting them again nearly doubled its cost)."""
+    options = {"loop.strategy": "entropy", "model.score_source": source, "loop.rounds": 1, "loop.epochs_per_round": 1,
+               "loop.budget": 8, "loop.diversity_sample": 0}
+    cli = main(["fit", *tiny_run_args(workdir, **options)])
+    dm = cli.datamodule
+    candidates = np.concatenate([dm.labeled_indices(), dm.unlabeled_indices()])  # round 0 scored all of them
+    rows = read_rounds(workdir / "checkpoints" / "tiny")[0]
+    prompts = int(dm.prompt_lengths[candidates].sum())
+    metrics = [json.loads(line) for line in (workdir / "checkpoints" / "tiny" / "metrics.jsonl").open()]
+    cost = next(m for m in metrics if m["evaluation"] == "cost")
+    if source == "prompt":
+        assert cost["tokens_scored"] == prompts
+    else:
+        assert prompts < cost["tokens_scored"] <= prompts + len(candidates) * 6  # model.max_new_tokens
+    assert rows and cost["scoring_passes"] == 1
