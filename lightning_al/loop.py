@@ -171,6 +171,9 @@ class ActiveLearningLoop(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.recorder.fit_started()
         if trainer.ckpt_path is not None:
+            # The checkpoint's seed, restored after setup gave the data module this launch's (which differs
+            # under `seed_everything: true`): the training order must be the interrupted run's.
+            trainer.datamodule.seed = self.seed
             # Resuming: the checkpoint holds the rounds acquired so far. One taken after a round's end and
             # before the next acquisition (stopped while scoring) acquires now, before the train
             # dataloader is made; the scoring pass continues from its partial scores.

@@ -97,14 +97,18 @@ def test_training_set_per_policy(workdir, policy, reference):
     assert set(dm.labeled_indices(0).tolist()) < set(dm.labeled_indices().tolist())
 
 
-@pytest.mark.parametrize("crash_epoch", [1, 2], ids=["mid-round", "between-rounds"])
-def test_resume_matches_uninterrupted_run(workdir, crash_epoch, reference):
+@pytest.mark.parametrize("crash_epoch, resume_seed", [(1, 7), (2, 7), (1, 8)],
+                         ids=["mid-round", "between-rounds", "mid-round-relaunched-with-another-seed"])
+def test_resume_matches_uninterrupted_run(workdir, crash_epoch, resume_seed, reference):
+    """A resumed run ends where the uninterrupted one does, even relaunched with another seed_everything (as
+    `seed_everything: true` draws one per launch): the run's seed, training order included, is the checkpoint's."""
     ref_ids, ref_loss = reference[1]
 
     crash = json.dumps({"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": crash_epoch}})
     with pytest.raises(Crash):
         main(["fit", *tiny_run_args(workdir, run_name="resumed", **SCRATCH), f"--trainer.callbacks=[{crash}]"])
-    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed", **SCRATCH), "--ckpt_path=last"])
+    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed", seed_everything=resume_seed, **SCRATCH),
+                    "--ckpt_path=last"])
     ids, loss = _final(resumed)
     assert ids == ref_ids
     assert loss == pytest.approx(ref_loss, abs=1e-6)
