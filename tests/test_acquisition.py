@@ -65,6 +65,28 @@ def test_ddp_two_processes_acquire_what_one_process_acquires(ddp_runs):
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
 
 
+def test_ddp_predict_writes_every_candidate_once(workdir, driver):
+    """Lightning's predict loop shards without repeats, so two ranks score 53 and 52 of 105 candidates: the writer
+    gathers the uneven shards (all_gather needs one shape on every rank) and writes each once, as one process does."""
+
+    def args(cache):
+        options = {"loop.strategy": ENTROPY, "data.pool.init_args.num_examples": 121, "data.eval_batch_size": 8}
+        return [a for a in tiny_run_args(cache, **options) if not a.startswith("--loop.budget")]
+
+    # Each run has a tokenized-pool cache of its own: neither reads a cache file the other is writing.
+    ddp = driver.start(workdir, ["lightning-al", "predict", *args(workdir / "ddp-cache"), "--trainer.strategy=ddp",
+                                 "--trainer.devices=2", "--scores.output_path=ddp.jsonl"])
+    try:
+        main(["predict", *args(workdir), "--scores.output_path=single.jsonl"])
+    finally:
+        code, log = driver.result(ddp)
+    assert code == 0, log[-3000:]
+    single, ddp = (pd.read_json(workdir / f"{name}.jsonl", lines=True) for name in ("single", "ddp"))
+    assert len(single) == 105 and list(ddp["id"]) == list(single["id"])
+    for score in ("entropy", "confidence"):
+        np.testing.assert_allclose(ddp[score], single[score], rtol=1e-6, atol=1e-6)
+
+
 def test_short_strategy_names_reach_the_loop_and_task_balanced_gets_the_tasks(workdir):
     main(["fit", *tiny_run_args(workdir, **{"loop.strategy": "task-balanced", "loop.rounds": 1,
                                             "loop.epochs_per_round": 1, "loop.budget": 30})])

@@ -507,11 +507,21 @@ def gather_examples(strategy: Strategy, rows: Batch) -> dict[str, np.ndarray]:
 
     DDP's distributed sampler (and ``score_pool``'s shards) pad the last batches with repeated
     examples so that every process has as many rows; a repeat is dropped, keeping the first
-    occurrence in process order, as ``ExampleRecords.gather`` does. A collective: every process must
-    call it with the same number of rows.
+    occurrence in process order, as ``ExampleRecords.gather`` does. Processes may also hold different
+    numbers of rows (the predict loop's unrepeated shards). A collective: every process must call it.
     """
     # On the strategy's device: all_gather may need the accelerator's tensors (NCCL).
-    gathered = {key: strategy.all_gather(value.to(strategy.root_device)).reshape(-1, *value.shape[1:]).cpu().numpy()
-                for key, value in rows.items()}
+    device = strategy.root_device
+    # all_gather needs one shape on every rank, but Lightning's predict loop shards without repeats
+    # (UnrepeatedDistributedSampler): ranks may hold different numbers of rows. Pad to the largest with
+    # index -1, dropped below.
+    most = int(strategy.all_gather(torch.tensor([len(rows["index"])], device=device)).max())
+    gathered = {}
+    for key, value in rows.items():
+        fill = value.new_full((most - len(value), *value.shape[1:]), -1 if key == "index" else 0)
+        padded = torch.cat([value, fill]).to(device)
+        gathered[key] = strategy.all_gather(padded).reshape(-1, *value.shape[1:]).cpu().numpy()
+    real = gathered["index"] >= 0
+    gathered = {key: value[real] for key, value in gathered.items()}
     _, first = np.unique(gathered["index"], return_index=True)  # sorted by index; the first of a repeat
     return {key: value[first] for key, value in gathered.items()}
