@@ -556,15 +556,18 @@ def test_scores_do_not_depend_on_token_budget_batches(source, datamodule, mixed_
 
 # ------------------------------------------------------------------------ the pass on every rank
 class _TwoRanks:
-    """A strategy whose all_gather puts a second rank's rows (given per key, in call order) after this one's."""
+    """A strategy whose all_gather puts a second rank's rows after this one's: their row count first, then each key's
+    rows in call order, padded as that rank would pad them (with -1, to this rank's length)."""
 
     root_device = torch.device("cpu")
 
     def __init__(self, other: dict[str, torch.Tensor]) -> None:
-        self.other = iter(other.values())
+        self.other = iter([torch.tensor([len(other["index"])]), *other.values()])
 
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
-        return torch.stack([tensor, next(self.other)])
+        theirs = next(self.other)
+        theirs = torch.cat([theirs, theirs.new_full((len(tensor) - len(theirs), *theirs.shape[1:]), -1)])
+        return torch.stack([tensor, theirs])
 
 
 def test_gather_examples_keeps_each_example_once_the_first_rank_s_row():
@@ -576,6 +579,17 @@ def test_gather_examples_keeps_each_example_once_the_first_rank_s_row():
     rows = gather_examples(_TwoRanks(rank1), rank0)
     assert rows["index"].tolist() == [0, 1, 3]
     assert rows["score"].tolist() == pytest.approx([0.0, 0.1, 0.3])
+
+
+def test_gather_examples_takes_shards_of_different_sizes():
+    """Lightning's predict loop shards without repeats: 3 rows on this rank, 1 on the other, all kept."""
+    from lightning_al.model.inference import gather_examples
+
+    rank0 = {"index": torch.tensor([4, 0, 2]), "score": torch.tensor([0.4, 0.0, 0.2])}
+    rank1 = {"index": torch.tensor([1]), "score": torch.tensor([0.1])}
+    rows = gather_examples(_TwoRanks(rank1), rank0)
+    assert rows["index"].tolist() == [0, 1, 2, 4]
+    assert rows["score"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.4])
 
 
 def test_score_pool_equals_predict_step_and_restores_training_mode(datamodule, mixed_indices):
