@@ -115,3 +115,29 @@ def test_a_dated_chat_template_renders_the_same_prompt_every_day():
     prompt = formatting.prompt_text(tokenizer, "", "What is 2+2?")
     assert prompt == f"Today Date: {formatting.TEMPLATE_DATE}|<user>What is 2+2?</user><assistant>"
     assert formatting.response_text(tokenizer, "", "What is 2+2?", "4") == "4</assistant>"
+
+
+@pytest.mark.parametrize("template", ["plain", "chat without BOS", "chat with BOS"])
+def test_pool_prompts_start_with_the_bos_the_tokenizer_adds(template):
+    """A tokenizer that puts a BOS before every text (Llama, Mistral, Gemma): pool prompts start with it once,
+    whether the template writes it or not, as MMLU's prompts (tokenized the usual way) do; the content span
+    that prompt-mode scoring reads moves with it."""
+    from tokenizers.processors import TemplateProcessing
+
+    from lightning_al.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("char")
+    bos = tokenizer.bos_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", bos)])
+    if template == "plain":
+        tokenizer.chat_template = None
+    elif template == "chat with BOS":
+        tokenizer.chat_template = "{{ bos_token }}" + tokenizer.chat_template
+    assert formatting.leading_ids(tokenizer) == [bos]
+    example = {"system": "", "prompt": "What is 2+2?", "response": "4"}
+    row = formatting.tokenize_example(example, tokenizer, max_length=200, max_prompt_length=150)
+    ids = row["input_ids"]
+    assert ids[0] == bos and ids[1] != bos
+    assert tokenizer.decode(ids[row["content_start"] : row["content_end"]]) == "What is 2+2?"
+    batch = formatting.tokenize_batch({k: [v] for k, v in example.items()}, tokenizer, 200, 150)
+    assert {k: v[0] for k, v in batch.items()} == row

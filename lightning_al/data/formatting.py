@@ -70,12 +70,35 @@ def tokenize_example(
     system, prompt = example["system"], example["prompt"]
     text = prompt_text(tokenizer, system, prompt)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
-    prompt_ids = encoded["input_ids"]
-    content_start, content_end = content_span(text, prompt, encoded.get("offset_mapping"), len(prompt_ids))
+    span = content_span(text, prompt, encoded.get("offset_mapping"), len(encoded["input_ids"]))
+    prompt_ids, (content_start, content_end) = with_leading_ids(encoded["input_ids"], span, leading_ids(tokenizer))
     response_ids = tokenizer(response_text(tokenizer, system, prompt, example["response"]), add_special_tokens=False)[
         "input_ids"
     ]
     return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length)
+
+
+def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    """The special ids the tokenizer puts before a text of its own accord: Llama's, Mistral's or Gemma's BOS;
+    none for GPT-2, Qwen or SmolLM2."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return full[:start]
+    return []
+
+
+def with_leading_ids(prompt_ids: list[int], span: tuple[int, int], lead: list[int]) -> tuple[list[int], tuple[int, int]]:
+    """``prompt_ids`` starting with ``lead`` (and the content span moved with it), unless they already do.
+
+    Pool prompts are tokenized without special tokens because a chat template writes its own (Llama 3's BOS
+    among them); one that does not, or the plain template of a base model, would otherwise leave out the BOS
+    the model was trained with, and that every text tokenized the usual way (MMLU's prompts) has.
+    """
+    if not lead or prompt_ids[: len(lead)] == lead:
+        return prompt_ids, span
+    return lead + prompt_ids, (span[0] + len(lead), span[1] + len(lead))
 
 
 def _truncate(
@@ -115,9 +138,11 @@ def tokenize_batch(
     offsets = encoded.get("offset_mapping")
     out: dict[str, list[Any]] = {key: [] for key in ("input_ids", "prompt_length", "content_start", "content_end",
                                                       "response_length", "truncated")}
+    lead = leading_ids(tokenizer)
     for i, (prompt_ids, response_ids) in enumerate(zip(encoded["input_ids"], responses)):
-        start, end = content_span(prompt_texts[i], prompts[i], offsets[i] if offsets is not None else None,
-                                  len(prompt_ids))
+        span = content_span(prompt_texts[i], prompts[i], offsets[i] if offsets is not None else None,
+                            len(prompt_ids))
+        prompt_ids, (start, end) = with_leading_ids(prompt_ids, span, lead)
         row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length)
         for key, value in row.items():
             out[key].append(value)

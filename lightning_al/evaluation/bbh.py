@@ -31,7 +31,7 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.formatting import prompt_text
+from lightning_al.data.formatting import leading_ids, prompt_text, with_leading_ids
 from lightning_al.evaluation.answers import extract_answer
 from lightning_al.evaluation.sets import GenerativeEvaluation
 
@@ -213,11 +213,13 @@ class BigBenchHard(GenerativeEvaluation):
         examples = load_bbh(self.path, self.tasks, self.max_examples_per_task, self.seed)
         tasks = sorted({ex["task"] for ex in examples})
         self.rows = []
+        lead = leading_ids(tokenizer)
         for ex in examples:
             if self.chat_template and tokenizer.chat_template:
                 user, prefix = bbh_chat_turns(ex["cot_prompt"], ex["input"])
-                # The template writes its own special tokens (BOS, role headers).
+                # The template writes its own special tokens (role headers; the BOS where it does, as for the pool).
                 ids = tokenizer(prompt_text(tokenizer, "", user) + prefix, add_special_tokens=False)["input_ids"]
+                ids = with_leading_ids(ids, (0, 0), lead)[0]
             else:
                 ids = tokenizer(bbh_prompt(ex["cot_prompt"], ex["input"]))["input_ids"]
             # The id names the example in its task file, so that records of two runs pair up.
