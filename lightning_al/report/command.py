@@ -62,10 +62,13 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
 def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
     lines = ["## Paired comparisons\n",
              _how("A − B of each main metric after the last round, on the evaluation examples every run of both "
-                  "cells answered (per-example records in each run's evaluations/): estimate [95% interval] of a "
-                  "paired bootstrap over the examples (resampled within tasks), hierarchical over seeds when a cell "
-                  "has several (seeds resampled first). \"within noise\": the interval contains 0. Lower is better "
-                  "for the loss. Same comparisons in paired.csv.")]
+                  "cells answered (per-example records in each run's evaluations/), as the mean over seeds: estimate "
+                  "[95% interval]. The interval adds two variances: a paired bootstrap over the examples (resampled "
+                  "within tasks) and, when the cells have several seeds, the seeds' own (per-seed differences when "
+                  "the cells share seeds, which then pair), with a t quantile for their few degrees of freedom "
+                  "(paired.csv: se_examples, se_seeds, df). With one seed a cell it shows the examples' noise only, "
+                  "not a new training run's. \"within noise\": the interval contains 0. Lower is better for the "
+                  "loss.")]
     if paired.empty:
         lines.append("_No comparison: it needs finished runs of two cells (two m values of a strategy, or a strategy "
                      "and random at the same m) with per-example records of their last round (evaluations/)._\n")

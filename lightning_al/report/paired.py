@@ -2,10 +2,10 @@
 
 For every main metric of the last round: each pair of m values of a strategy (``m=2 − m=1``) and each
 strategy against random at the same m (``entropy − random``), as an estimate with a 95% interval from
-a paired bootstrap over the examples every run of both cells answered (hierarchical over seeds when a
-cell has several; see ``bootstrap``), and a verdict: the difference when the interval excludes 0,
-"within noise" when it does not. ``detectable`` says how small a difference each evaluation set could
-detect at its size.
+a paired bootstrap over the examples every run of both cells answered, widened by the seeds' own
+variance when a cell has several (see ``bootstrap``), and a verdict: the difference when the interval
+excludes 0, "within noise" when it does not. ``detectable`` says how small a difference each evaluation
+set could detect at its size.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, paired_diffe
 from lightning_al.report.records import aggregate, final_records, measure, metrics_of
 from lightning_al.report.runs import Run, strategy_order
 
-PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "estimate", "low", "high",
-                  "se", "difference", "call", "verdict"]
+PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "paired_seeds", "estimate",
+                  "low", "high", "se", "se_examples", "se_seeds", "df", "difference", "call", "verdict"]
 BASELINE = "random"
 
 
@@ -59,7 +59,10 @@ def _aligned(records: list[pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, np.nd
 
 
 def call(label: str, d: Difference, lower_is_better: bool) -> str:
-    """``m=2 better`` (the side of ``label`` that is better), or ``within noise``."""
+    """``m=2 better`` (the side of ``label`` that is better), ``within noise``, or ``undefined`` (no finite
+    estimate or interval: a NaN in the records)."""
+    if not d.defined:
+        return "undefined"
     if not d.significant:
         return "within noise"
     a, b = (part.strip() for part in label.split("−", 1))
@@ -74,9 +77,15 @@ def verdict(label: str, d: Difference, lower_is_better: bool) -> str:
 
 def interval(d: Difference) -> str:
     """``+0.031 [+0.004, +0.058]``: 3 decimals, more when the interval is narrower than 0.01 (small loss
-    differences), so that its ends stay apart."""
+    differences), so that its ends stay apart, or when an end would print as 0 without being 0 (so that an
+    interval that excludes 0 never seems to touch it)."""
+    if not d.defined:
+        return f"{d.estimate:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
     width = d.high - d.low
     decimals = 3 if not width > 0 or width >= 0.01 else min(6, math.ceil(-math.log10(width)) + 1)
+    for end in (d.low, d.high):
+        while decimals < 6 and end != 0 and round(end, decimals) == 0:
+            decimals += 1
     return f"{d.estimate:+.{decimals}f} [{d.low:+.{decimals}f}, {d.high:+.{decimals}f}]"
 
 
@@ -107,8 +116,9 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> 
                                       metric.macro, [r.seed for r, _ in a], [r.seed for r, _ in b],
                                       replicates=replicates, seed=seed)
                 rows.append({"kind": kind, "group": group, "comparison": label, "key": metric.key, "examples": n,
-                             "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "estimate": d.estimate, "low": d.low,
-                             "high": d.high, "se": d.se, "difference": interval(d),
+                             "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "paired_seeds": d.paired_seeds,
+                             "estimate": d.estimate, "low": d.low, "high": d.high, "se": d.se,
+                             "se_examples": d.se_examples, "se_seeds": d.se_seeds, "df": d.df, "difference": interval(d),
                              "call": call(label, d, metric.lower_is_better),
                              "verdict": verdict(label, d, metric.lower_is_better)})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
@@ -117,9 +127,10 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> 
 def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
     """Per main metric: examples, the mean value over finished runs, and the smallest difference detectable
     (5% two-sided, 80% power): for a right / wrong metric from two independent samples of that size at
-    that rate, 2.80·sqrt(2p(1−p)/n); and from this study's paired comparisons, 2.80 × their median
-    bootstrap standard error (pairing removes the examples' difficulty, so it is usually smaller)."""
-    values: dict[str, list[tuple[int, float, bool]]] = {}
+    that rate, 2.80·sqrt(2p(1−p)/n), or for a mean over K tasks 2.80·sqrt(2·Σ_k p_k(1−p_k)/n_k)/K (each task
+    at its own size and rate); and from this study's paired comparisons, 2.80 × their median standard error
+    (pairing removes the examples' difficulty, so it is usually smaller)."""
+    values: dict[str, list[tuple[int, float, bool, bool, pd.DataFrame]]] = {}
     for run in runs:
         if not run.finished:
             continue
@@ -127,15 +138,24 @@ def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
             if frame.empty:
                 continue
             m = measure(frame)
+            per_task = m.groupby("task").agg(num=("num", "sum"), den=("den", "sum"), n=("num", "size"))
+            per_task = per_task.assign(rate=per_task["num"] / per_task["den"])[["rate", "n"]]
             for metric in metrics_of(file, frame):
                 value = aggregate(m["num"].to_numpy(), m["den"].to_numpy(), m["task"].to_numpy(), metric.macro)
-                values.setdefault(metric.key, []).append((len(m), value, metric.lower_is_better))
+                values.setdefault(metric.key, []).append((len(m), value, metric.lower_is_better, metric.macro, per_task))
     rows = []
     for key, entries in values.items():
         n = max(e[0] for e in entries)
         p = float(np.mean([e[1] for e in entries]))
-        binary = not entries[0][2]
-        independent = DETECTABLE_Z * math.sqrt(2 * p * (1 - p) / n) if binary else float("nan")
+        binary, macro = not entries[0][2], entries[0][3]
+        if not binary:
+            independent = float("nan")
+        elif macro:
+            tasks = pd.concat([e[4] for e in entries]).groupby(level=0).agg(rate=("rate", "mean"), n=("n", "max"))
+            variance = float((tasks["rate"] * (1 - tasks["rate"]) / tasks["n"]).sum())
+            independent = DETECTABLE_Z * math.sqrt(2 * variance) / len(tasks)
+        else:
+            independent = DETECTABLE_Z * math.sqrt(2 * p * (1 - p) / n)
         ses = paired.loc[paired["key"] == key, "se"] if not paired.empty else pd.Series(dtype=float)
         observed = DETECTABLE_Z * float(ses.median()) if len(ses) else float("nan")
         rows.append({"key": key, "examples": n, "mean": p, "detectable (independent)": independent,
