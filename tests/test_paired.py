@@ -213,3 +213,19 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     text = (out / "report.md").read_text()
     assert "## Paired comparisons" in text and "### Smallest detectable difference" in text
     assert "| within noise |" in text and "| m=2 better |" in text and "**entropy: m=2 − m=1** (A − B)" in text
+
+
+def test_detectable_difference_of_a_task_average_weighs_each_task_by_its_size(tmp_path: Path) -> None:
+    """A mean over tasks of 5 and 200 questions: its noise is mostly the small task's, which a pooled
+    2.80·sqrt(2p(1−p)/n) over all 205 would hide."""
+    from lightning_al.report.bootstrap import DETECTABLE_Z
+
+    run_dir = write_run(tmp_path / "study", "random", 1, 0, metrics=False)
+    right = {"a": [1, 1, 1, 0, 0], "b": [1, 0] * 100}
+    _write_records(run_dir, 0, "bbh", [{"id": f"{t}/{i}", "task": t, "correct": c, "answer": "x", "target": "x",
+                                         "generation": "..."} for t, cs in right.items() for i, c in enumerate(cs)])
+    table = detectable(load_runs([tmp_path / "study"]), pd.DataFrame()).set_index("key")
+    macro = DETECTABLE_Z * np.sqrt(2 * (0.6 * 0.4 / 5 + 0.5 * 0.5 / 200)) / 2
+    micro = DETECTABLE_Z * np.sqrt(2 * (103 / 205) * (102 / 205) / 205)
+    assert table.loc["bbh/exact_match", "detectable (independent)"] == pytest.approx(macro)
+    assert table.loc["bbh/exact_match_micro", "detectable (independent)"] == pytest.approx(micro)
