@@ -201,7 +201,12 @@ class ActiveLearningLoop(Callback):
         # Restored here rather than in load_state_dict: the sanity check and the loaders run in between.
         # (Not at the epoch start: a run resumed mid-epoch does not start an epoch.)
         if self._rng_state is not None:
-            _set_rng_state(self._rng_state)
+            # Each rank's own generators (their dropout masks drew on batches of other shapes, and a GPU
+            # process advanced only its own device's); rank 0's where the checkpoint has one per rank only
+            # for another world size, or is older.
+            ranks = self._rng_state.get("ranks")
+            own = ranks[trainer.global_rank] if ranks and len(ranks) == trainer.world_size else self._rng_state
+            _set_rng_state(own)
             self._rng_state = None
         if self._new_optimizers:
             trainer.strategy.setup_optimizers(trainer)
@@ -314,7 +319,7 @@ class ActiveLearningLoop(Callback):
     def state_dict(self) -> dict[str, Any]:
         # The layout of every checkpoint written so far: older ones load unchanged.
         return {"round": self.round, "ended": self.ended, "seed": self.seed, "cost": dict(self.recorder.cost),
-                "rng": _get_rng_state()}
+                "rng": _rng_states_of_every_rank()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.round = state_dict["round"]
@@ -322,6 +327,19 @@ class ActiveLearningLoop(Callback):
         self.seed = state_dict["seed"]
         self.recorder.load_cost(state_dict["cost"])
         self._rng_state = state_dict["rng"]
+
+
+def _rng_states_of_every_rank() -> dict[str, Any]:
+    """This rank's RNG state, with every rank's under ``"ranks"`` when several processes run.
+
+    A collective under DDP: every rank calls it, as every rank saves a checkpoint (Lightning's
+    ``save_checkpoint`` is called on all of them; only rank 0's copy is written)."""
+    state = _get_rng_state()
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        ranks: list[Any] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(ranks, state)
+        state = {**state, "ranks": ranks}
+    return state
 
 
 def _get_rng_state() -> dict[str, Any]:

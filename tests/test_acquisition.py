@@ -63,6 +63,10 @@ def test_ddp_two_processes_acquire_what_one_process_acquires(ddp_runs):
     for a, b in zip(single, ddp):
         assert a["entropy"] == pytest.approx(b["entropy"], abs=1e-6)
         assert a["confidence"] == pytest.approx(b["confidence"], abs=1e-6)
+    # Its checkpoint holds each rank's RNG state (gathered as it was saved), loadable with weights_only.
+    checkpoint = torch.load(ddp_runs.ddp / "last.ckpt", weights_only=True)
+    loop = next(state for key, state in checkpoint["callbacks"].items() if key.startswith("ActiveLearningLoop"))
+    assert len(loop["rng"]["ranks"]) == 2 and torch.equal(loop["rng"]["ranks"][0]["torch"], loop["rng"]["torch"])
 
 
 def test_ddp_predict_writes_every_candidate_once(workdir, driver):

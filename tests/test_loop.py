@@ -199,3 +199,22 @@ def test_tokens_scored_counts_each_prompt_once(workdir, source):
     else:
         assert prompts < cost["tokens_scored"] <= prompts + len(candidates) * 6  # model.max_new_tokens
     assert rows and cost["scoring_passes"] == 1
+
+
+def test_a_resumed_rank_gets_its_own_rng_state(tmp_path):
+    """Under DDP each rank's generators drew differently (dropout on batches of other shapes; a GPU process
+    advances only its own device's), so a checkpoint keeps every rank's state and each rank resumes from its
+    own; with another world size, from rank 0's. (The 2-process DDP runs gather them for real.)"""
+    from types import SimpleNamespace
+
+    loop = ActiveLearningLoop(budget=4, run_dir=str(tmp_path))
+    torch.manual_seed(1)
+    rank0 = loop.state_dict()["rng"]
+    torch.manual_seed(2)
+    rank1 = loop.state_dict()["rng"]
+    saved = {**loop.state_dict(), "rng": {**rank0, "ranks": [rank0, rank1]}}
+    for world, rank, expected in [(2, 1, rank1), (2, 0, rank0), (4, 3, rank0)]:
+        torch.manual_seed(3)
+        loop.load_state_dict(saved)
+        loop.on_train_start(SimpleNamespace(global_rank=rank, world_size=world), None)
+        assert torch.equal(torch.get_rng_state(), expected["torch"]), (world, rank)
