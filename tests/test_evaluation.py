@@ -86,6 +86,24 @@ def test_grouped_accuracy_counts_an_example_repeated_on_two_ranks_once():
     assert float(result["examples"]) == 3 and float(result["micro"]) == pytest.approx(1 / 3)
 
 
+def test_grouped_accuracy_keeps_the_first_rank_s_answer_to_a_repeated_example():
+    """A padding repeat answered differently (another batch, low precision): the first rank's answer counts, as
+    in the per-example records, not whichever was right. (The states gathered in rank order, as under DDP.)"""
+    ranks = [GroupedAccuracy(["a"], example_groups=[0, 0, 0, 0], sync_on_compute=False) for _ in range(3)]
+    ranks[0].update(torch.tensor([1.0, 0.0]), torch.tensor([0, 1]))
+    ranks[1].update(torch.tensor([0.0, 1.0]), torch.tensor([2, 1]))  # example 1 again, answered right this time
+    ranks[2].update(torch.tensor([1.0]), torch.tensor([3]))
+    states = [metric.metric_state for metric in ranks]
+
+    def gather(tensor, group=None):
+        name = next(key for key, value in states[0].items() if value is tensor)
+        return [state[name].clone() for state in states]
+
+    ranks[0].sync(dist_sync_fn=gather, distributed_available=lambda: True)
+    result = ranks[0].compute()
+    assert float(result["examples"]) == 4 and float(result["micro"]) == pytest.approx(2 / 4)
+
+
 def _write_choices(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -1,10 +1,12 @@
 """Metrics that count each evaluation example once: accuracy per group (task, subject) with its
 macro and micro averages, and a per-example weighted mean (the held-out loss).
 
-The state is one slot per example of the evaluation set (right or wrong, and seen), reduced with
-``max`` across processes. Under DDP, Lightning's distributed sampler pads the last batches with
-repeated examples so that every rank has as many; a per-example state counts each example once,
-where summed counts would count the repeats twice.
+The state is one slot per example of the evaluation set (unseen, wrong or right), reduced across
+processes by keeping the first process that saw the example. Under DDP, Lightning's distributed
+sampler pads the last batches with repeated examples so that every rank has as many; a per-example
+state counts each example once, where summed counts would count the repeats twice, and keeping the
+first rank's answer is what the per-example records keep (a repeat in another batch can be answered
+differently in low precision: a ``max`` would count it right if either was).
 """
 
 from __future__ import annotations
@@ -14,6 +16,12 @@ from collections.abc import Sequence
 import torch
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+
+def _first_seen(outcomes: torch.Tensor) -> torch.Tensor:
+    """(processes, n) outcomes, in process order, to (n,): each example's from the first process that saw it."""
+    first = (outcomes > 0).float().argmax(dim=0)  # 0 where none saw it: that row holds 0 too
+    return outcomes.gather(0, first.unsqueeze(0)).squeeze(0)
 
 
 class GroupedAccuracy(Metric):
@@ -34,20 +42,19 @@ class GroupedAccuracy(Metric):
         self.groups = list(groups)
         self.register_buffer("example_groups", torch.as_tensor(list(example_groups), dtype=torch.long), persistent=False)
         n = len(self.example_groups)
-        self.add_state("correct", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="max")
-        self.add_state("seen", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx="max")
+        # 0: not seen, 1: wrong, 2: right.
+        self.add_state("outcome", default=torch.zeros(n, dtype=torch.float32), dist_reduce_fx=_first_seen)
 
     def update(self, correct: torch.Tensor, example: torch.Tensor) -> None:
-        example = example.to(self.correct.device, torch.long)
-        self.correct[example] = correct.to(self.correct.device, torch.float32)
-        self.seen[example] = 1.0
+        example = example.to(self.outcome.device, torch.long)
+        self.outcome[example] = 1.0 + (correct.to(self.outcome.device, torch.float32) > 0).float()
 
     def compute(self) -> dict[str, torch.Tensor | dict[str, torch.Tensor]]:
         """``macro``, ``micro``, ``examples`` (the count) and ``groups`` (accuracy of each group that has examples)."""
-        groups = self.example_groups.to(self.correct.device)
+        groups = self.example_groups.to(self.outcome.device)
         total = torch.zeros(len(self.groups), dtype=torch.float64, device=groups.device).index_add_(
-            0, groups, self.seen.double())
-        right = torch.zeros_like(total).index_add_(0, groups, (self.correct * self.seen).double())
+            0, groups, (self.outcome > 0).double())
+        right = torch.zeros_like(total).index_add_(0, groups, (self.outcome == 2).double())
         present = total > 0
         per_group = right / total.clamp(min=1)
         nan = torch.tensor(float("nan"))
