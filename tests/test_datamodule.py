@@ -115,6 +115,10 @@ def test_a_dated_chat_template_renders_the_same_prompt_every_day():
     prompt = formatting.prompt_text(tokenizer, "", "What is 2+2?")
     assert prompt == f"Today Date: {formatting.TEMPLATE_DATE}|<user>What is 2+2?</user><assistant>"
     assert formatting.response_text(tokenizer, "", "What is 2+2?", "4") == "4</assistant>"
+    assert not formatting.reads_the_clock(tokenizer)
+    # A template that reads the clock with no date_string to fix it: the pool warns (see TokenizedPool).
+    tokenizer.chat_template = '{{ strftime_now("%Y-%m-%d") }}|{%- for m in messages %}{{ m.content }}{%- endfor %}'
+    assert formatting.reads_the_clock(tokenizer)
 
 
 @pytest.mark.parametrize("template", ["plain", "chat without BOS", "chat with BOS"])
@@ -141,3 +145,9 @@ def test_pool_prompts_start_with_the_bos_the_tokenizer_adds(template):
     assert tokenizer.decode(ids[row["content_start"] : row["content_end"]]) == "What is 2+2?"
     batch = formatting.tokenize_batch({k: [v] for k, v in example.items()}, tokenizer, 200, 150)
     assert {k: v[0] for k, v in batch.items()} == row
+    # A prompt cut to 20 tokens keeps its BOS and its end.
+    short = formatting.tokenize_example(example, tokenizer, max_length=200, max_prompt_length=20)
+    assert short["prompt_length"] == 20 and short["input_ids"][0] == bos and short["truncated"]
+    assert short["input_ids"][1:20] == ids[row["prompt_length"] - 19 : row["prompt_length"]]
+    batch = formatting.tokenize_batch({k: [v] for k, v in example.items()}, tokenizer, 200, 20)
+    assert {k: v[0] for k, v in batch.items()} == short

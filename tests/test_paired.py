@@ -138,6 +138,30 @@ def test_cells_pair_on_the_seeds_they_share():
     assert d.estimate == pytest.approx(a[:2].mean() - b.mean())
 
 
+def test_unknown_or_unshared_seeds_do_not_pair_and_a_lone_run_borrows_the_seed_variance():
+    """Unknown seeds (None) never pair; A with seeds 0, 1, 2 against B's one run of seed 0 keeps all four runs,
+    unpaired, B's run taking A's seed-to-seed variance (one training run varies as much as another)."""
+    rng = np.random.default_rng(9)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    a, b = outcomes(rng, difficulty, 0.0, 3), outcomes(rng, difficulty, 0.0, 1)
+    ones_a, ones_b = np.ones_like(a), np.ones_like(b)
+    unknown = paired_difference((a, ones_a), (b, ones_b), TASKS, macro=False, seeds_a=[None] * 3, seeds_b=[None])
+    lone = paired_difference((a, ones_a), (b, ones_b), TASKS, macro=False, seeds_a=[0, 1, 2], seeds_b=[0])
+    for d in (unknown, lone):
+        assert not d.paired_seeds and (d.seeds_a, d.seeds_b) == (3, 1)
+        assert d.estimate == pytest.approx(a.mean() - b.mean())
+    per_seed = a.mean(axis=1).var(ddof=1)
+    assert lone.se_seeds == pytest.approx(np.sqrt(per_seed / 3 + per_seed)) and lone.df < 30
+
+
+def test_a_difference_without_any_variance_is_undefined():
+    """Every task of one example and one run a cell: nothing to judge a difference by, so no verdict."""
+    tasks = np.array([f"t{i}" for i in range(6)])
+    a, b = np.array([[1.0, 1, 1, 0, 1, 1]]), np.array([[0.0, 1, 0, 0, 1, 0]])
+    d = paired_difference((a, np.ones_like(a)), (b, np.ones_like(b)), tasks, macro=True)
+    assert d.se == 0 and not d.defined and verdict("m=2 − m=1", d, False) == "undefined"
+
+
 def test_rescaled_resamples_have_the_tasks_full_variance():
     """Within a task of n examples, a plain resample's mean has (n - 1) / n of the variance s^2 / n; the rescaled
     weights have all of it (here n = 4, where the plain one would be 25% short)."""

@@ -557,7 +557,8 @@ def test_scores_do_not_depend_on_token_budget_batches(source, datamodule, mixed_
 # ------------------------------------------------------------------------ the pass on every rank
 class _TwoRanks:
     """A strategy whose all_gather puts a second rank's rows after this one's: their row count first, then each key's
-    rows in call order, padded as that rank would pad them (with -1, to this rank's length)."""
+    rows in call order, padded as that rank would pad them (with -1, to this rank's length, which must be the
+    longer: a real all_gather refuses shapes that differ)."""
 
     root_device = torch.device("cpu")
 
@@ -567,6 +568,7 @@ class _TwoRanks:
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
         theirs = next(self.other)
         theirs = torch.cat([theirs, theirs.new_full((len(tensor) - len(theirs), *theirs.shape[1:]), -1)])
+        assert tensor.shape == theirs.shape, "all_gather needs one shape on every rank"
         return torch.stack([tensor, theirs])
 
 
@@ -585,11 +587,12 @@ def test_gather_examples_takes_shards_of_different_sizes():
     """Lightning's predict loop shards without repeats: 3 rows on this rank, 1 on the other, all kept."""
     from lightning_al.model.inference import gather_examples
 
-    rank0 = {"index": torch.tensor([4, 0, 2]), "score": torch.tensor([0.4, 0.0, 0.2])}
-    rank1 = {"index": torch.tensor([1]), "score": torch.tensor([0.1])}
-    rows = gather_examples(_TwoRanks(rank1), rank0)
-    assert rows["index"].tolist() == [0, 1, 2, 4]
-    assert rows["score"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.4])
+    three = {"index": torch.tensor([4, 0, 2]), "score": torch.tensor([0.4, 0.0, 0.2])}
+    one = {"index": torch.tensor([1]), "score": torch.tensor([0.1])}
+    for mine, theirs in ((three, one), (one, three)):  # this rank's shard the longer, then the shorter (padded)
+        rows = gather_examples(_TwoRanks(theirs), mine)
+        assert rows["index"].tolist() == [0, 1, 2, 4]
+        assert rows["score"].tolist() == pytest.approx([0.0, 0.1, 0.2, 0.4])
 
 
 def test_score_pool_equals_predict_step_and_restores_training_mode(datamodule, mixed_indices):

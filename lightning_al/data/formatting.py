@@ -13,6 +13,16 @@ PLAIN_TEMPLATE = "{system}### Instruction:\n{prompt}\n\n### Response:\n"
 #: cells of a study) would see different prompts. This is the default those templates use themselves.
 TEMPLATE_DATE = "26 Jul 2024"
 
+#: What every chat template is rendered with besides the messages.
+_TEMPLATE_KWARGS = {"date_string": TEMPLATE_DATE}
+
+
+def reads_the_clock(tokenizer: PreTrainedTokenizerBase) -> bool:
+    """Whether the chat template writes today's date without a ``date_string`` to fix it (transformers renders
+    ``strftime_now`` with the clock and turns a callable passed in its place into text)."""
+    template = tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else ""
+    return "strftime_now" in template and "date_string" not in template
+
 
 def chat_messages(system: str, prompt: str) -> list[dict[str, str]]:
     messages = [{"role": "system", "content": system}] if system else []
@@ -23,7 +33,7 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str) ->
     """The text the model sees before it answers: the chat template with the generation prompt."""
     if tokenizer.chat_template:
         return tokenizer.apply_chat_template(chat_messages(system, prompt), tokenize=False, add_generation_prompt=True,
-                                             date_string=TEMPLATE_DATE)
+                                             **_TEMPLATE_KWARGS)
     return PLAIN_TEMPLATE.format(system=f"{system}\n\n" if system else "", prompt=prompt)
 
 
@@ -36,7 +46,7 @@ def response_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str, 
     if not tokenizer.chat_template:
         return response + (tokenizer.eos_token or "")
     messages = chat_messages(system, prompt) + [{"role": "assistant", "content": response}]
-    full = tokenizer.apply_chat_template(messages, tokenize=False, date_string=TEMPLATE_DATE)
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **_TEMPLATE_KWARGS)
     head = prompt_text(tokenizer, system, prompt)
     if not full.startswith(head):
         raise ValueError("the tokenizer's chat template renders the prompt differently with and without the answer")
@@ -64,18 +74,20 @@ def tokenize_example(
 ) -> dict[str, Any]:
     """Token ids of one example: ``input_ids`` = prompt + response, ``prompt_length`` marks the split.
 
-    A prompt longer than ``max_prompt_length`` keeps its end (the question and the generation
-    prompt); the response is cut at ``max_length``. ``truncated`` records either cut.
+    A prompt longer than ``max_prompt_length`` keeps its leading BOS and its end (the question and the
+    generation prompt); the response is cut at ``max_length``. ``truncated`` records either cut.
     """
     system, prompt = example["system"], example["prompt"]
     text = prompt_text(tokenizer, system, prompt)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=tokenizer.is_fast)
     span = content_span(text, prompt, encoded.get("offset_mapping"), len(encoded["input_ids"]))
-    prompt_ids, (content_start, content_end) = with_leading_ids(encoded["input_ids"], span, leading_ids(tokenizer))
+    lead = leading_ids(tokenizer)
+    prompt_ids, (content_start, content_end) = with_leading_ids(encoded["input_ids"], span, lead)
     response_ids = tokenizer(response_text(tokenizer, system, prompt, example["response"]), add_special_tokens=False)[
         "input_ids"
     ]
-    return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length)
+    return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length,
+                     _leading(prompt_ids, lead))
 
 
 def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -87,6 +99,10 @@ def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
         if full[start : start + len(plain)] == plain:
             return full[:start]
     return []
+
+
+def _leading(prompt_ids: list[int], lead: list[int]) -> int:
+    return len(lead) if lead and prompt_ids[: len(lead)] == lead else 0
 
 
 def with_leading_ids(prompt_ids: list[int], span: tuple[int, int], lead: list[int]) -> tuple[list[int], tuple[int, int]]:
@@ -103,17 +119,19 @@ def with_leading_ids(prompt_ids: list[int], span: tuple[int, int], lead: list[in
 
 def _truncate(
     prompt_ids: list[int], response_ids: list[int], content_start: int, content_end: int, max_length: int,
-    max_prompt_length: int,
+    max_prompt_length: int, keep: int = 0,
 ) -> dict[str, Any]:
+    """Cut a long prompt after its first ``keep`` ids (the leading BOS) and a long response at its end."""
     truncated = len(prompt_ids) > max_prompt_length or len(prompt_ids) + len(response_ids) > max_length
+    keep = min(keep, max_prompt_length)
     cut = max(len(prompt_ids) - max_prompt_length, 0)
-    prompt_ids = prompt_ids[cut:]
+    prompt_ids = prompt_ids[:keep] + prompt_ids[keep + cut :]
     response_ids = response_ids[: max_length - len(prompt_ids)]
     return {
         "input_ids": prompt_ids + response_ids,
         "prompt_length": len(prompt_ids),
-        "content_start": max(content_start - cut, 0),
-        "content_end": max(content_end - cut, 0),
+        "content_start": max(content_start - cut, keep),
+        "content_end": max(content_end - cut, keep),
         "response_length": len(response_ids),
         "truncated": truncated,
     }
@@ -143,7 +161,7 @@ def tokenize_batch(
         span = content_span(prompt_texts[i], prompts[i], offsets[i] if offsets is not None else None,
                             len(prompt_ids))
         prompt_ids, (start, end) = with_leading_ids(prompt_ids, span, lead)
-        row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length)
+        row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length, _leading(prompt_ids, lead))
         for key, value in row.items():
             out[key].append(value)
     return out

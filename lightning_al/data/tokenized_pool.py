@@ -13,11 +13,12 @@ import datasets
 import numpy as np
 import pyarrow as pa
 from datasets.table import MemoryMappedTable, Table
+from lightning.pytorch.utilities import rank_zero_warn
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.formatting import tokenize_batch
+from lightning_al.data.formatting import reads_the_clock, tokenize_batch
 
-_FORMAT_VERSION = "4"  # bump when tokenize_example changes, to invalidate old caches
+_FORMAT_VERSION = "5"  # bump when tokenize_example changes, to invalidate old caches
 _TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
 _SAMPLE_BATCH = 32  # of them tokenized at a time (their token offsets as Python tuples: ~2 MiB per 1,000 tokens)
 
@@ -48,6 +49,9 @@ class PoolTokenization:
         ``sample_seed`` draws the truncation check's sample; ``source`` names the pool in errors."""
         kwargs = {"tokenizer": self.tokenizer, "max_length": self.max_length,
                   "max_prompt_length": self.max_prompt_length}
+        if reads_the_clock(self.tokenizer):
+            rank_zero_warn(f"{self.tokenizer_name}: its chat template writes today's date (strftime_now) with no "
+                           "date_string to fix it, so prompts tokenized on different days differ")
         # Keyed on the pool's contents (not its path), so an edited file is tokenized again.
         key = "|".join(
             [_FORMAT_VERSION, table_digest(raw.data), self.tokenizer_name, str(len(self.tokenizer)),

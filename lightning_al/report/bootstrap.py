@@ -15,8 +15,8 @@ there is none, in simulation). The interval is instead
 
 - ``V_examples``: the variance of the example bootstrap of the seed-averaged difference;
 - ``V_seeds``: the seed-to-seed sample variance of each cell's value (of the per-seed differences when
-  the cells share seeds: they pair) over the number of seeds; 0 with one seed, which then shows the
-  examples' noise only. It also holds the answers' own noise from seed to seed, which ``V_examples``
+  the cells share seeds: they pair) over the number of seeds; a cell of one run takes the variance of
+  the cells that have several; with one run in every cell, 0: the interval shows the examples' noise only. It also holds the answers' own noise from seed to seed, which ``V_examples``
   counts already: the interval errs wide. (Subtracting that share, a variance-components estimate, held
   0 only 83-91% of the time with 3 seeds in simulation, for want of a better estimate from so few.)
 - ``df``: Welch-Satterthwaite's, from infinity for the examples' part and seeds - 1 for the seeds'.
@@ -55,8 +55,10 @@ class Difference:
 
     @property
     def defined(self) -> bool:
-        """False when the records give no finite estimate or interval (a NaN loss, an empty task)."""
-        return all(math.isfinite(x) for x in (self.estimate, self.low, self.high))
+        """False when the records give no finite estimate or interval (a NaN loss, an empty task), or a
+        difference without any variance to judge it by (every task of one example, one seed a cell)."""
+        finite = all(math.isfinite(x) for x in (self.estimate, self.low, self.high))
+        return finite and (self.se > 0 or self.estimate == 0)
 
     @property
     def significant(self) -> bool:
@@ -64,17 +66,18 @@ class Difference:
         return self.defined and (self.low > 0 or self.high < 0)
 
 
-def example_weights(tasks: np.ndarray, replicates: int, rng: np.random.Generator) -> np.ndarray:
+def example_weights(tasks: np.ndarray, replicates: int, rng: np.random.Generator, rescale: bool = True) -> np.ndarray:
     """(replicates, n) weights of each example: counts of a resample drawn with replacement within each task,
-    their deviation from 1 scaled by sqrt(n_k / (n_k - 1)) so that a task's resample has its full variance
-    (the weights of a task still sum to its size)."""
+    with ``rescale`` their deviation from 1 scaled by sqrt(n_k / (n_k - 1)) so that a task's resample has its
+    full variance (the weights of a task still sum to its size; an example drawn 0 times weighs a little
+    below 0, harmless where every example's denominator is the same). A task of one example adds none."""
     weights = np.ones((replicates, len(tasks)))
     for task in np.unique(tasks):
         where = np.flatnonzero(tasks == task)
         n = len(where)
         if n > 1:
             counts = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates)
-            weights[:, where] = 1 + math.sqrt(n / (n - 1)) * (counts - 1)
+            weights[:, where] = 1 + (math.sqrt(n / (n - 1)) if rescale else 1.0) * (counts - 1)
     return weights
 
 
@@ -87,9 +90,25 @@ def statistic(num: np.ndarray, den: np.ndarray, tasks: np.ndarray, weights: np.n
     return np.mean(per_task, axis=0)
 
 
-def _seed_variance(values: np.ndarray) -> float:
-    """Variance of the mean over the S seeds of ``values`` (S,): their sample variance over S; 0 with one seed."""
-    return float(values.var(ddof=1)) / len(values) if len(values) > 1 else 0.0
+def _pairable(seeds_a: list | None, seeds_b: list | None) -> list:
+    """The seeds both cells ran exactly once (an unknown seed, None, never pairs), in one order."""
+    if seeds_a is None or seeds_b is None:
+        return []
+    a, b = list(seeds_a), list(seeds_b)
+    return sorted({s for s in a if s is not None and a.count(s) == 1 and b.count(s) == 1}, key=repr)
+
+
+def _seed_parts(values: list[np.ndarray]) -> list[tuple[float, int]]:
+    """(variance of the cell's mean over its seeds, degrees of freedom) of each cell's per-seed ``values``.
+
+    A cell with one seed takes the seed-to-seed variance of the cells that have several (pooled): one
+    training run varies as much as another cell's. With no cell of several seeds: none (examples only).
+    """
+    several = [(float(v.var(ddof=1)), len(v) - 1) for v in values if len(v) > 1]
+    pooled_df = sum(k for _, k in several)
+    pooled = sum(var * k for var, k in several) / pooled_df if several else 0.0
+    return [(float(v.var(ddof=1)) / len(v), len(v) - 1) if len(v) > 1 else (pooled, pooled_df)
+            for v in values if len(v) > 1 or several]
 
 
 def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], tasks: np.ndarray,
@@ -103,8 +122,9 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
         b: (num, den) of cell B, the same n examples.
         tasks: The task of each example (resampling is within tasks; ``macro`` averages over them).
         macro: The metric is the mean over tasks of each task's ratio (else the ratio of the sums).
-        seeds_a: Seed of each of A's runs. Runs of a seed both cells have pair (their difference is taken
-            seed by seed), and only those take part; cells without a common seed are compared unpaired.
+        seeds_a: Seed of each of A's runs. When the cells share 2 or more seeds (each run once in both), or
+            each is one run of the same seed, the runs of those seeds pair (their difference is taken seed by
+            seed) and only they take part; otherwise every run takes part, unpaired.
         seeds_b: Seed of each of B's runs.
         replicates: Bootstrap replicates.
         seed: Seed of the resampling (the same report twice gives the same intervals).
@@ -112,8 +132,8 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     """
     num_a, den_a = (np.atleast_2d(np.asarray(x, dtype=float)) for x in a)
     num_b, den_b = (np.atleast_2d(np.asarray(x, dtype=float)) for x in b)
-    shared = sorted(set(seeds_a) & set(seeds_b), key=str) if seeds_a is not None and seeds_b is not None else []
-    paired = bool(shared)
+    shared = _pairable(seeds_a, seeds_b)
+    paired = len(shared) >= 2 or (len(shared) == 1 and len(num_a) == len(num_b) == 1)
     if paired:
         keep_a = [list(seeds_a).index(s) for s in shared]
         keep_b = [list(seeds_b).index(s) for s in shared]
@@ -123,14 +143,14 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     value_a, value_b = statistic(num_a, den_a, tasks, whole, macro)[0], statistic(num_b, den_b, tasks, whole, macro)[0]
     estimate = float(value_a.mean() - value_b.mean())
 
-    weights = example_weights(tasks, replicates, np.random.default_rng(seed))
+    # Rescaled weights only where every example of a task has the same denominator (right / wrong): a ratio
+    # of sums with token-count denominators could come near 0 under the slightly negative weights.
+    same = all(np.all(d[:, tasks == t] == d[:1, tasks == t][:, :1]) for d in (den_a, den_b) for t in np.unique(tasks))
+    weights = example_weights(tasks, replicates, np.random.default_rng(seed), rescale=same)
     boot_a = statistic(num_a, den_a, tasks, weights, macro)  # (replicates, seeds of A)
     boot_b = statistic(num_b, den_b, tasks, weights, macro)
     v_examples = float((boot_a.mean(axis=1) - boot_b.mean(axis=1)).var(ddof=1))
-    if paired:
-        parts = [(_seed_variance(value_a - value_b), len(shared) - 1)]
-    else:
-        parts = [(_seed_variance(value_a), len(value_a) - 1), (_seed_variance(value_b), len(value_b) - 1)]
+    parts = _seed_parts([value_a - value_b] if paired else [value_a, value_b])
     v_seeds = sum(v for v, _ in parts)
     se = math.sqrt(v_examples + v_seeds)
     # Welch-Satterthwaite: the examples' part has (practically) infinite degrees of freedom.
