@@ -89,8 +89,9 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
     lines += ["### Smallest detectable difference\n",
               _how("the smallest true difference each metric detects 5% two-sided with 80% power: from two "
                    "independent samples of its size at its mean rate (right / wrong metrics), and from this study's "
-                   "paired comparisons (2.80 × their median bootstrap standard error). Smaller differences are "
-                   "likely to be called within noise."),
+                   "paired comparisons (2.80 × their median standard error: the examples' bootstrap, plus the seeds' "
+                   "variance where cells have several seeds). Smaller differences are likely to be called within "
+                   "noise."),
               to_markdown(detect) + "\n"]
     return lines
 

@@ -129,7 +129,8 @@ def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
     (5% two-sided, 80% power): for a right / wrong metric from two independent samples of that size at
     that rate, 2.80·sqrt(2p(1−p)/n), or for a mean over K tasks 2.80·sqrt(2·Σ_k p_k(1−p_k)/n_k)/K (each task
     at its own size and rate); and from this study's paired comparisons, 2.80 × their median standard error
-    (pairing removes the examples' difficulty, so it is usually smaller)."""
+    (the examples' bootstrap, in which pairing removes the examples' difficulty, plus the seeds' variance where
+    cells have several: with one seed a cell it is usually the smaller)."""
     values: dict[str, list[tuple[int, float, bool, bool, pd.DataFrame]]] = {}
     for run in runs:
         if not run.finished:
