@@ -253,3 +253,22 @@ def test_detectable_difference_of_a_task_average_weighs_each_task_by_its_size(tm
     micro = DETECTABLE_Z * np.sqrt(2 * (103 / 205) * (102 / 205) / 205)
     assert table.loc["bbh/exact_match", "detectable (independent)"] == pytest.approx(macro)
     assert table.loc["bbh/exact_match_micro", "detectable (independent)"] == pytest.approx(micro)
+
+
+def test_the_committed_cpu_study_report_is_what_its_committed_records_give(tmp_path, monkeypatch):
+    """`lightning-al report results/smollm2-cpu --out DIR` remakes the committed report from the committed records
+    alone: a cell's records committed without the report made again fail here. Tables without resampling must
+    match to the character; the intervals to 0.005 (another numpy may draw other resamples)."""
+    from tests.conftest import REPO
+
+    committed = REPO / "results" / "smollm2-cpu" / "report"
+    monkeypatch.chdir(REPO)
+    main(["results/smollm2-cpu", "--out", str(tmp_path)])
+    for name in ("final.csv", "metrics.csv", "cost.csv", "overlap.csv", "selection.csv", "acquired.csv"):
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), name
+    ours, theirs = (pd.read_csv(folder / "paired.csv") for folder in (tmp_path, committed))
+    columns = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "estimate"]
+    pd.testing.assert_frame_equal(ours[columns], theirs[columns])
+    np.testing.assert_allclose(ours[["low", "high"]], theirs[["low", "high"]], atol=0.005)
+    ours, theirs = (pd.read_csv(folder / "detectable.csv") for folder in (tmp_path, committed))
+    pd.testing.assert_frame_equal(ours.iloc[:, :4], theirs.iloc[:, :4])
