@@ -86,8 +86,7 @@ def tokenize_example(
     response_ids = tokenizer(response_text(tokenizer, system, prompt, example["response"]), add_special_tokens=False)[
         "input_ids"
     ]
-    return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length,
-                     _leading(prompt_ids, lead))
+    return _truncate(prompt_ids, response_ids, content_start, content_end, max_length, max_prompt_length, len(lead))
 
 
 def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
@@ -101,12 +100,9 @@ def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
-def _leading(prompt_ids: list[int], lead: list[int]) -> int:
-    return len(lead) if lead and prompt_ids[: len(lead)] == lead else 0
-
-
 def with_leading_ids(prompt_ids: list[int], span: tuple[int, int], lead: list[int]) -> tuple[list[int], tuple[int, int]]:
-    """``prompt_ids`` starting with ``lead`` (and the content span moved with it), unless they already do.
+    """``prompt_ids`` starting with ``lead`` (and the content span moved with it), unless they already do: either
+    way they start with it, which ``_truncate`` keeps.
 
     Pool prompts are tokenized without special tokens because a chat template writes its own (Llama 3's BOS
     among them); one that does not, or the plain template of a base model, would otherwise leave out the BOS
@@ -161,7 +157,7 @@ def tokenize_batch(
         span = content_span(prompt_texts[i], prompts[i], offsets[i] if offsets is not None else None,
                             len(prompt_ids))
         prompt_ids, (start, end) = with_leading_ids(prompt_ids, span, lead)
-        row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length, _leading(prompt_ids, lead))
+        row = _truncate(prompt_ids, response_ids, start, end, max_length, max_prompt_length, len(lead))
         for key, value in row.items():
             out[key].append(value)
     return out
