@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from lightning_al.report.bootstrap import example_weights, paired_difference
+from lightning_al.report.bootstrap import example_weights, paired_difference, pool
 from lightning_al.report.command import main
 from lightning_al.report.paired import cell_pairs, detectable, interval, verdict
 from lightning_al.report.runs import load_runs
@@ -127,6 +127,66 @@ def test_without_a_seed_effect_the_interval_stays_near_the_examples_one():
     assert np.median(widening) < 1.6 and np.mean(covered) >= 0.9
 
 
+def test_pooled_seed_variance_is_the_two_way_residual_and_the_within_cell_variance():
+    """A full grid of 4 cells x 3 seeds: the residual of cell + seed is the textbook two-way one, on (4-1)(3-1) df;
+    a fifth cell of one run changes neither (it only fixes its own mean); unknown seeds count within cells only."""
+    rng = np.random.default_rng(11)
+    y = rng.normal(0, 1, (4, 3)) + np.array([[0.0], [1], [2], [3]]) + np.array([0.5, -0.5, 2.0])
+    residual = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
+    within = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum() / 8
+    variance = pool(list(y), [[0, 1, 2]] * 4)
+    assert variance.residual == pytest.approx((residual ** 2).sum() / 6) and variance.residual_df == 6
+    assert variance.within == pytest.approx(within) and variance.within_df == 8
+    extra = pool([*y, np.array([9.0])], [[0, 1, 2]] * 4 + [[1]])
+    assert (extra.residual, extra.residual_df, extra.within, extra.within_df) == pytest.approx(
+        (variance.residual, 6, variance.within, 8))
+    unknown = pool(list(y), [[0, 1, 2]] * 3 + [None])
+    assert unknown.residual_df == 4 and unknown.within == pytest.approx(within)
+
+
+def test_pooled_intervals_hold_zero_and_are_narrower_in_a_grid_of_few_seeds():
+    """Six cells of 3 seeds, no true difference, each run shifted by its training (sd 0.05) beyond a shared seed
+    effect: intervals with the study's pooled variance (10 df instead of 2) still hold 0 about 95% of the time,
+    and are narrower than each comparison's own."""
+    from lightning_al.report.paired import cell_pairs
+
+    rng = np.random.default_rng(12)
+    cells = [(s, m) for s in ("random", "entropy", "confidence") for m in (1, 2)]
+    held, ratio = [], []
+    for study in range(15):
+        difficulty = rng.gamma(2.0, 1.0, len(TASKS))
+        seed_effect = rng.normal(0, 0.05, (3, 1))
+        runs = {c: difficulty + seed_effect + rng.normal(0, 0.05, (3, 1)) + rng.normal(0, 0.1, (3, len(TASKS)))
+                for c in cells}
+        pooled = pool([r.mean(axis=1) for r in runs.values()], [[0, 1, 2]] * len(cells))
+        assert pooled.residual_df == 10
+        for _, _, _, a, b in cell_pairs(cells):
+            args = ((runs[a], np.ones_like(runs[a])), (runs[b], np.ones_like(runs[b])), TASKS, False, [0, 1, 2],
+                    [0, 1, 2])
+            d = paired_difference(*args, replicates=100, seed=study, pooled=pooled)
+            own = paired_difference(*args, replicates=100, seed=study)
+            assert d.estimate == own.estimate and d.df > own.df
+            held.append(d.low < 0 < d.high)
+            ratio.append((d.high - d.low) / (own.high - own.low))
+    assert np.mean(held) >= 0.9 and np.median(ratio) < 0.8
+
+
+def test_a_lone_run_pairs_on_its_seed_and_takes_the_pooled_variance():
+    """One run a cell of the same seed: without a study's pooled variance the interval holds the examples' noise
+    only; with it, twice the residual variance of a run."""
+    from lightning_al.report.bootstrap import SeedVariance
+
+    rng = np.random.default_rng(13)
+    difficulty = rng.normal(0, 1.5, len(TASKS))
+    a, b = outcomes(rng, difficulty, 0.0, 1), outcomes(rng, difficulty, 0.0, 1)
+    args = ((a, np.ones_like(a)), (b, np.ones_like(b)), TASKS, False, [0], [0])
+    alone = paired_difference(*args)
+    pooled = paired_difference(*args, pooled=SeedVariance(0.0004, 10, 0.0009, 12))
+    assert alone.paired_seeds and alone.se_seeds == 0 and alone.df == np.inf
+    assert pooled.se_seeds == pytest.approx(np.sqrt(2 * 0.0004)) and pooled.df < np.inf
+    assert pooled.se_examples == pytest.approx(alone.se_examples)
+
+
 def test_cells_pair_on_the_seeds_they_share():
     """A has seeds 0, 1, 2 and B 0, 1 (its third unfinished): the comparison is paired on seeds 0 and 1 only."""
     rng = np.random.default_rng(8)
@@ -234,7 +294,15 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     detect = pd.read_csv(out / "detectable.csv").set_index("key")
     assert detect.loc["bbh/exact_match", "examples"] == 600
     assert 0.03 < detect.loc["bbh/exact_match_micro", "detectable (independent)"] < 0.09
+    spread = pd.read_csv(out / "seed_variance.csv").set_index("key")
+    assert spread.loc["bbh/exact_match", "runs"] == 8 and spread.loc["bbh/exact_match", "df (residual)"] == 3
+    values = np.array([[truth[(s, m, seed)] for seed in (0, 1)] for s in ("random", "entropy") for m in (1, 2)])
+    assert spread.loc["bbh/exact_match", "sd (within cells)"] == pytest.approx(np.sqrt(values.var(axis=1, ddof=1).mean()))
+    main([str(tmp_path / "study"), "--out", str(tmp_path / "own"), "--seed_variance", "comparison"])
+    own = pd.read_csv(tmp_path / "own" / "paired.csv")
+    assert (own["estimate"] == paired["estimate"]).all() and (own["df"] != paired["df"]).any()
     text = (out / "report.md").read_text()
+    assert "### How much a training run moves each metric" in text
     assert "## Paired comparisons" in text and "### Smallest detectable difference" in text
     assert "| within noise |" in text and "| m=2 better |" in text and "**entropy: m=2 − m=1** (A − B)" in text
 
@@ -272,3 +340,5 @@ def test_the_committed_cpu_study_report_is_what_its_committed_records_give(tmp_p
     np.testing.assert_allclose(ours[["low", "high"]], theirs[["low", "high"]], atol=0.005)
     ours, theirs = (pd.read_csv(folder / "detectable.csv") for folder in (tmp_path, committed))
     pd.testing.assert_frame_equal(ours.iloc[:, :4], theirs.iloc[:, :4])
+    ours, theirs = (pd.read_csv(folder / "seed_variance.csv") for folder in (tmp_path, committed))
+    pd.testing.assert_frame_equal(ours, theirs, rtol=1e-9)

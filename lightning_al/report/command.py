@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from lightning_al.report import plots
-from lightning_al.report.paired import detectable, paired_table
+from lightning_al.report.paired import detectable, paired_table, seed_variance_table
 from lightning_al.report.runs import Run, all_acquired, load_runs
 from lightning_al.report.selection import overlap_summary, overlap_table, selection_summary
 from lightning_al.report.tables import cost_table, final_long, main_metrics, mean_std, metrics_long, to_markdown
@@ -59,16 +59,29 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
     return [*lines, _image(figure, out, "final metrics", "no final metrics")]
 
 
-def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame) -> list[str]:
+def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame, spread: pd.DataFrame, pooled: bool) -> list[str]:
+    seeds = ("a training run's variance pooled over every cell of the study (next table; per-seed differences "
+             "when the cells share seeds, which then pair)" if pooled else
+             "when the cells have several seeds, the seeds' own (per-seed differences when the cells share seeds, "
+             "which then pair)")
     lines = ["## Paired comparisons\n",
              _how("A − B of each main metric after the last round, on the evaluation examples every run of both "
                   "cells answered (per-example records in each run's evaluations/), as the mean over seeds: estimate "
                   "[95% interval]. The interval adds two variances: a paired bootstrap over the examples (resampled "
-                  "within tasks) and, when the cells have several seeds, the seeds' own (per-seed differences when "
-                  "the cells share seeds, which then pair), with a t quantile for their few degrees of freedom "
-                  "(paired.csv: se_examples, se_seeds, df). With one seed a cell it shows the examples' noise only, "
+                  f"within tasks) and {seeds}, with a t quantile for their degrees of freedom (paired.csv: "
+                  "se_examples, se_seeds, df). Without any cell of several seeds it shows the examples' noise only, "
                   "not a new training run's. \"within noise\": the interval contains 0. Lower is better for the "
                   "loss.")]
+    if not spread.empty:
+        lines += ["### How much a training run moves each metric\n",
+                  _how("the standard deviation of one run's value about its cell's (seed_variance.csv): pooled over "
+                       "the study's cells, from the fit cell + seed (residual: what paired comparisons use) and about "
+                       "each cell's mean (within cells: unpaired ones), with degrees of freedom, beside the smallest "
+                       "and largest of single cells of several runs. "
+                       + ("The intervals use the pooled ones, which assumes a run varies alike in every cell; "
+                          "`--seed_variance comparison` uses each comparison's own runs instead." if pooled else
+                          "The intervals use each comparison's own runs (`--seed_variance comparison`).")),
+                  to_markdown(spread) + "\n"]
     if paired.empty:
         lines.append("_No comparison: it needs finished runs of two cells (two m values of a strategy, or a strategy "
                      "and random at the same m) with per-example records of their last round (evaluations/)._\n")
@@ -151,13 +164,16 @@ def _selection_section(runs: Sequence[Run], summary: pd.DataFrame, overlap: pd.D
     return lines
 
 
-def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
+def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: str = "pooled") -> Path:
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
-    detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories or folders of them
-    (see ``load_runs``).
+    seed_variance.csv, detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
+    or folders of them (see ``load_runs``). ``seed_variance``: ``pooled`` (a training run's variance pooled
+    over the study's cells) or ``comparison`` (each comparison's own runs) for the paired intervals.
     """
+    if seed_variance not in ("pooled", "comparison"):
+        raise ValueError(f"seed_variance must be 'pooled' or 'comparison', not {seed_variance!r}")
     runs = load_runs(run_dirs)
     out = Path(out)
     plot_dir = out / "plots"
@@ -174,9 +190,11 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     summary.to_csv(out / "selection.csv", index=False)
     cost.to_csv(out / "cost.csv", index=False)
     final.to_csv(out / "final.csv", index=False)
-    paired = paired_table(runs)
+    spread, pooled = seed_variance_table(runs)
+    paired = paired_table(runs, pooled=pooled if seed_variance == "pooled" else None)
     detect = detectable(runs, paired)
     paired.to_csv(out / "paired.csv", index=False)
+    spread.to_csv(out / "seed_variance.csv", index=False)
     detect.to_csv(out / "detectable.csv", index=False)
 
     main = main_metrics(long)
@@ -184,12 +202,12 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path) -> Path:
     figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
                "scores": plots.plot_score_distributions(runs, plot_dir)}
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
-             "every round), final.csv, paired.csv, detectable.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; "
+             "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; "
              "figures in plots/.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
     lines += _final_section(final, plots.plot_final_metrics(final, plot_dir), out)
-    lines += _paired_section(paired, detect)
+    lines += _paired_section(paired, detect, spread, seed_variance == "pooled")
     lines += ["## Learning curves\n", _how("each main metric against the number of labeled examples, one line "
                                            "per strategy and m (mean over seeds, band = ± std).")]
     lines += [_image(p, out, p.stem, "") for p in curves] or ["_Skipped: no per-round metrics._\n"]
@@ -210,10 +228,14 @@ def main(argv: list[str] | None = None) -> None:
                         help="run directories (with config.yaml and rounds/) or folders that contain them")
     parser.add_argument("--out", help="output folder (default: reports/<name of the first RUN_DIRS folder>, e.g. "
                         "reports/mini for checkpoints/mini, so that each study's report has its own folder)")
+    parser.add_argument("--seed_variance", choices=["pooled", "comparison"], default="pooled",
+                        help="the training runs' variance in the paired intervals: pooled over every cell of the "
+                        "study (more degrees of freedom; assumes a run varies alike in every cell), or each "
+                        "comparison's own runs (default: %(default)s)")
     args = parser.parse_args(argv)
     out = args.out or str(Path("reports") / Path(args.run_dirs[0]).resolve().name)
     try:
-        report = make_report(args.run_dirs, out)
+        report = make_report(args.run_dirs, out, seed_variance=args.seed_variance)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"Report written to {report} (tables and plots/ beside it)")

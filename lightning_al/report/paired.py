@@ -18,13 +18,15 @@ from itertools import combinations
 import numpy as np
 import pandas as pd
 
-from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, paired_difference
+from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, SeedVariance, paired_difference, pool
 from lightning_al.report.records import aggregate, final_records, measure, metrics_of
 from lightning_al.report.runs import Run, strategy_order
 
 PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "paired_seeds", "estimate",
                   "low", "high", "se", "se_examples", "se_seeds", "df", "difference", "call", "verdict"]
 BASELINE = "random"
+SEED_VARIANCE_COLUMNS = ["key", "runs", "cells", "sd (residual)", "df (residual)", "sd (within cells)",
+                         "df (within cells)", "cell sd min", "cell sd max"]
 
 
 def cell_pairs(cells: Sequence[tuple[str, int]]) -> list[tuple[str, str, str, tuple[str, int], tuple[str, int]]]:
@@ -89,19 +91,65 @@ def interval(d: Difference) -> str:
     return f"{d.estimate:+.{decimals}f} [{d.low:+.{decimals}f}, {d.high:+.{decimals}f}]"
 
 
-def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> pd.DataFrame:
-    """Every comparison of ``cell_pairs`` on every main metric both cells' final records support.
+Cells = dict[tuple[str, int], list[tuple[Run, dict[str, pd.DataFrame]]]]
 
-    Only finished runs with records of their last round take part. Columns: ``PAIRED_COLUMNS``.
-    """
-    cells: dict[tuple[str, int], list[tuple[Run, dict[str, pd.DataFrame]]]] = {}
+
+def _cells(runs: Sequence[Run]) -> Cells:
+    """The finished runs with records of their last round, by cell (strategy, m), each cell's runs by seed."""
+    cells: Cells = {}
     for run in runs:
         records = final_records(run) if run.finished else {}
         if records:
             cells.setdefault((run.strategy, run.rounds), []).append((run, records))
+    return {c: sorted(items, key=lambda item: (item[0].seed is None, item[0].seed)) for c, items in cells.items()}
+
+
+def _study_values(cells: Cells) -> dict[str, tuple[list[np.ndarray], list[list]]]:
+    """Per main metric: each cell's per-run values (on the examples every run of the study answered) and seeds."""
+    out: dict[str, tuple[list[np.ndarray], list[list]]] = {}
+    items = [(c, run, records) for c, entries in cells.items() for run, records in entries]
+    files = reduce(lambda x, y: x & y, (set(records) for _, _, records in items)) if items else set()
+    for file in sorted(files):
+        frames = [records[file] for _, _, records in items]
+        if any(frame.empty for frame in frames) or (aligned := _aligned(frames)) is None:
+            continue
+        num, den, tasks, _ = aligned
+        for metric in metrics_of(file, frames[0]):
+            values = [aggregate(num[i], den[i], tasks, metric.macro) for i in range(len(items))]
+            per_cell = [np.array([v for (c, _, _), v in zip(items, values) if c == cell]) for cell in cells]
+            seeds = [[run.seed for run, _ in cells[cell]] for cell in cells]
+            out[metric.key] = (per_cell, seeds)
+    return out
+
+
+def seed_variance_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, dict[str, SeedVariance]]:
+    """Per main metric, how much one training run's value varies about its cell's, pooled over the study's
+    cells (``bootstrap.pool``): as standard deviations with their degrees of freedom, beside the smallest and
+    largest sd of a single cell of several runs (far apart: the pooled one fits some cells badly).
+    Returns the table (``SEED_VARIANCE_COLUMNS``) and the pooled variances by metric."""
+    rows, pooled = [], {}
+    for key, (values, seeds) in _study_values(_cells(runs)).items():
+        pooled[key] = variance = pool(values, seeds)
+        own = [float(v.std(ddof=1)) for v in values if len(v) > 1]
+        rows.append({"key": key, "runs": sum(len(v) for v in values), "cells": len(values),
+                     "sd (residual)": math.sqrt(variance.residual), "df (residual)": variance.residual_df,
+                     "sd (within cells)": math.sqrt(variance.within), "df (within cells)": variance.within_df,
+                     "cell sd min": min(own, default=math.nan), "cell sd max": max(own, default=math.nan)})
+    return pd.DataFrame(rows, columns=SEED_VARIANCE_COLUMNS), pooled
+
+
+def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
+                 pooled: dict[str, SeedVariance] | None = None) -> pd.DataFrame:
+    """Every comparison of ``cell_pairs`` on every main metric both cells' final records support.
+
+    Only finished runs with records of their last round take part. ``pooled``: the study's seed variances
+    by metric (``seed_variance_table``), used where they have degrees of freedom; without, each
+    comparison's own runs give the seeds' part. Columns: ``PAIRED_COLUMNS``.
+    """
+    cells = _cells(runs)
     rows = []
     for kind, group, label, cell_a, cell_b in cell_pairs(list(cells)):
-        a, b = (sorted(cells[c], key=lambda item: (item[0].seed is None, item[0].seed)) for c in (cell_a, cell_b))
+        a, b = cells[cell_a], cells[cell_b]
         files = reduce(lambda x, y: x & y, (set(records) for _, records in a + b))
         for file in sorted(files):
             frames = [records[file] for _, records in a + b]
@@ -114,7 +162,7 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0) -> 
                 num, den, tasks, n = aligned
                 d = paired_difference((num[: len(a)], den[: len(a)]), (num[len(a):], den[len(a):]), tasks,
                                       metric.macro, [r.seed for r, _ in a], [r.seed for r, _ in b],
-                                      replicates=replicates, seed=seed)
+                                      replicates=replicates, seed=seed, pooled=(pooled or {}).get(metric.key))
                 rows.append({"kind": kind, "group": group, "comparison": label, "key": metric.key, "examples": n,
                              "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "paired_seeds": d.paired_seeds,
                              "estimate": d.estimate, "low": d.low, "high": d.high, "se": d.se,
