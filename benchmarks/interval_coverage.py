@@ -28,9 +28,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lightning_al.report.bootstrap import paired_difference, pool  # noqa: E402
-from lightning_al.report.paired import cell_pairs  # noqa: E402
-from lightning_al.report.records import aggregate  # noqa: E402
+from lightning_al.report.bootstrap import paired_difference, pool
+from lightning_al.report.paired import cell_pairs
+from lightning_al.report.records import aggregate
 
 CELLS = [(s, m) for s in ("random", "entropy", "confidence") for m in (1, 2)]
 TASKS = np.repeat(list("abcd"), 100)
@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
-    rows = ["| metric | seeds | training sd | noise alike in every cell | held 0: comparison | held 0: pooled | "
-            "width pooled / comparison |", "|---|---:|---:|---|---:|---:|---:|"]
+    rows = [("| metric | seeds | training sd | noise alike in every cell | held 0: comparison | held 0: pooled | "
+             "width pooled / comparison |"), "|---|---:|---:|---|---:|---:|---:|"]
     for kind in ("loss", "right/wrong"):
         for seeds in args.seeds:
             for training_sd in args.training_sd:
@@ -98,13 +98,13 @@ def main(argv: list[str] | None = None) -> None:
                            f"{result['comparison'][0]:.3f} | {result['pooled'][0]:.3f} | {result['pooled'][1]:.2f} |")
                     rows.append(row)
                     print(row, flush=True)
-    header = [f"# Interval coverage (simulated studies, no true difference)\n",
-              f"{args.studies} studies per row × 7 comparisons each; 6 cells, 400 examples in 4 tasks, "
-              f"{args.replicates} bootstrap replicates; python {platform.python_version()}; "
-              f"{time.perf_counter() - start:.0f} s. Command: `python benchmarks/interval_coverage.py "
-              f"{' '.join(argv or sys.argv[1:])}`.\n",
-              "Held 0: share of intervals that contain 0 (target 0.95). Width: median 95% interval width of the pooled "
-              "mode over the comparison mode's.\n"]
+    header = ["# Interval coverage (simulated studies, no true difference)\n",
+              (f"{args.studies} studies per row × 7 comparisons each; 6 cells, 400 examples in 4 tasks, "
+               f"{args.replicates} bootstrap replicates; python {platform.python_version()}; "
+               f"{time.perf_counter() - start:.0f} s. Command: `python benchmarks/interval_coverage.py "
+               f"{' '.join(argv or sys.argv[1:])}`.\n"),
+              ("Held 0: share of intervals that contain 0 (target 0.95). Width: median 95% interval width of the "
+               "pooled mode over the comparison mode's.\n")]
     Path(args.output).write_text("\n".join(header + rows) + "\n", encoding="utf-8")
     print(f"written to {args.output}")
 

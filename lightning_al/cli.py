@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from jsonargparse import DefaultHelpFormatter, Namespace
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI, SaveConfigCallback
@@ -92,7 +93,18 @@ class RunConfigSaver(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         run_dir = Path(self.config.loop.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / CONFIG).write_text(self.parser.dump(self.config, skip_none=False, skip_check=True))
+        path = run_dir / CONFIG
+        if trainer.ckpt_path is not None and path.is_file():
+            # A relaunch may draw or pass another seed (`seed_everything: true` draws one per launch), but the
+            # run goes on with its checkpoint's seed and RNG states: config.yaml keeps the first launch's, which
+            # is the seed the report pairs runs on.
+            first = yaml.safe_load(path.read_text()).get("seed_everything")
+            if first is not None and first != self.config.seed_everything:
+                warnings.warn(f"Resuming {run_dir}: it goes on with its checkpoint's seed; this launch's "
+                              f"seed_everything={self.config.seed_everything} is not used ({path} keeps {first})",
+                              stacklevel=1)
+                self.config.seed_everything = first
+        path.write_text(self.parser.dump(self.config, skip_none=False, skip_check=True))
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
         if self.started or not trainer.is_global_zero:

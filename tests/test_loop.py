@@ -1,11 +1,13 @@
 """The active-learning loop end to end through the CLI, on tiny random Llamas."""
 
+import contextlib
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from peft import PeftModel
@@ -13,8 +15,8 @@ from peft import PeftModel
 from lightning_al.checkpointing import RunCheckpoint
 from lightning_al.cli import main
 from lightning_al.loop import ActiveLearningLoop
-from lightning_al.module import LoRALanguageModel
 from lightning_al.model.loading import load_causal_lm, load_tokenizer
+from lightning_al.module import LoRALanguageModel
 from lightning_al.recording import NO_COST
 from lightning_al.strategies import round_sizes
 from tests.conftest import TINY_LLAMA, tiny_run_args
@@ -107,11 +109,16 @@ def test_resume_matches_uninterrupted_run(workdir, crash_epoch, resume_seed, ref
     crash = json.dumps({"class_path": "tests.helpers.CrashAtEpoch", "init_args": {"epoch": crash_epoch}})
     with pytest.raises(Crash):
         main(["fit", *tiny_run_args(workdir, run_name="resumed", **SCRATCH), f"--trainer.callbacks=[{crash}]"])
-    resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed", seed_everything=resume_seed, **SCRATCH),
-                    "--ckpt_path=last"])
+    other_seed = pytest.warns(UserWarning, match="seed_everything=8 is not used")
+    with other_seed if resume_seed != 7 else contextlib.nullcontext():
+        resumed = main(["fit", *tiny_run_args(workdir, run_name="resumed", seed_everything=resume_seed, **SCRATCH),
+                        "--ckpt_path=last"])
     ids, loss = _final(resumed)
     assert ids == ref_ids
     assert loss == pytest.approx(ref_loss, abs=1e-6)
+    # config.yaml names the seed the run used (the report pairs runs on it), not the relaunch's.
+    config = yaml.safe_load((Path(resumed.trainer.checkpoint_callback.dirpath) / "config.yaml").read_text())
+    assert config["seed_everything"] == 7
 
 
 def test_settings_that_resume_depends_on_are_checked(tmp_path):

@@ -13,8 +13,8 @@ import pytest
 from lightning_al.report.bootstrap import example_weights, paired_difference, pool
 from lightning_al.report.command import main
 from lightning_al.report.paired import cell_pairs, detectable, interval, verdict
-from lightning_al.report.runs import load_runs
 from lightning_al.report.records import aggregate
+from lightning_al.report.runs import load_runs
 from tests.test_report import write_run
 
 TASKS = np.repeat(["a", "b", "c", "d"], 150)  # 600 examples
@@ -297,7 +297,8 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     spread = pd.read_csv(out / "seed_variance.csv").set_index("key")
     assert spread.loc["bbh/exact_match", "runs"] == 8 and spread.loc["bbh/exact_match", "df (residual)"] == 3
     values = np.array([[truth[(s, m, seed)] for seed in (0, 1)] for s in ("random", "entropy") for m in (1, 2)])
-    assert spread.loc["bbh/exact_match", "sd (within cells)"] == pytest.approx(np.sqrt(values.var(axis=1, ddof=1).mean()))
+    within = np.sqrt(values.var(axis=1, ddof=1).mean())
+    assert spread.loc["bbh/exact_match", "sd (within cells)"] == pytest.approx(within)
     main([str(tmp_path / "study"), "--out", str(tmp_path / "own"), "--seed_variance", "comparison"])
     own = pd.read_csv(tmp_path / "own" / "paired.csv")
     assert (own["estimate"] == paired["estimate"]).all() and (own["df"] != paired["df"]).any()

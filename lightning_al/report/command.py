@@ -202,7 +202,8 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
                "scores": plots.plot_score_distributions(runs, plot_dir)}
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
-             "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, cost.csv, overlap.csv, selection.csv, acquired.csv; "
+             "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, cost.csv, overlap.csv, "
+             "selection.csv, acquired.csv; "
              "figures in plots/.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
