@@ -32,6 +32,24 @@ def test_tokenization_is_cached(tmp_path, monkeypatch):
     assert calls
 
 
+def test_predict_refuses_fewer_candidates_than_processes(tmp_path):
+    """Lightning's predict loop gives each process its own candidates, without repeats: 3 candidates on 4
+    processes (or none at all) get a clear error instead of the sampler's assertion or a hang in the gather."""
+    from types import SimpleNamespace
+
+    dm = make(tmp_path)
+    dm.acquire(dm.unlabeled_indices()[3:], 0)
+    dm.trainer = SimpleNamespace(world_size=3)
+    assert len(dm.predict_dataloader().dataset) == 3
+    dm.trainer = SimpleNamespace(world_size=4)
+    with pytest.raises(ValueError, match="3 unlabeled pool examples to score on 4 processes"):
+        dm.predict_dataloader()
+    dm.acquire(dm.unlabeled_indices(), 1)
+    dm.trainer = None
+    with pytest.raises(ValueError, match="no unlabeled example"):
+        dm.predict_dataloader()
+
+
 def test_split_is_fixed_by_split_seed_and_state_round_trips(tmp_path):
     a, b = make(tmp_path), make(tmp_path)
     assert (a.held_out == b.held_out).all() and a.held_out.sum() == 10
