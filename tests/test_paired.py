@@ -127,27 +127,26 @@ def test_without_a_seed_effect_the_interval_stays_near_the_examples_one():
     assert np.median(widening) < 1.6 and np.mean(covered) >= 0.9
 
 
-def test_pooled_seed_variance_is_the_two_way_residual_and_the_within_cell_variance():
-    """A full grid of 4 cells x 3 seeds: the residual of cell + seed is the textbook two-way one, on (4-1)(3-1) df;
-    a fifth cell of one run changes neither (it only fixes its own mean); unknown seeds count within cells only."""
+def test_pooled_seed_variance_is_the_two_way_residual():
+    """A full grid of 4 cells x 3 seeds: the residual of cell + seed is the textbook two-way one, on (4-1)(3-1) df.
+    A fifth cell of one run changes nothing (it only fixes its own mean); nor does a run of an unknown seed, of a
+    seed repeated in its cell (a run folder passed twice) or with a NaN value: such runs do not pair."""
     rng = np.random.default_rng(11)
     y = rng.normal(0, 1, (4, 3)) + np.array([[0.0], [1], [2], [3]]) + np.array([0.5, -0.5, 2.0])
     residual = y - y.mean(axis=1, keepdims=True) - y.mean(axis=0, keepdims=True) + y.mean()
-    within = ((y - y.mean(axis=1, keepdims=True)) ** 2).sum() / 8
     variance = pool(list(y), [[0, 1, 2]] * 4)
     assert variance.residual == pytest.approx((residual ** 2).sum() / 6) and variance.residual_df == 6
-    assert variance.within == pytest.approx(within) and variance.within_df == 8
-    extra = pool([*y, np.array([9.0])], [[0, 1, 2]] * 4 + [[1]])
-    assert (extra.residual, extra.residual_df, extra.within, extra.within_df) == pytest.approx(
-        (variance.residual, 6, variance.within, 8))
-    unknown = pool(list(y), [[0, 1, 2]] * 3 + [None])
-    assert unknown.residual_df == 4 and unknown.within == pytest.approx(within)
+    extra = pool([*y, np.array([9.0]), np.array([1.0, 5.0]), np.array([np.nan, 3.0])],
+                 [[0, 1, 2]] * 4 + [[1], [2, 2], [None, 0]])
+    assert (extra.residual, extra.residual_df) == pytest.approx((variance.residual, 6))
+    nan = pool([*y[:3], np.array([np.nan, *y[3, 1:]])], [[0, 1, 2]] * 4)
+    assert np.isfinite(nan.residual) and nan.residual_df == 5
 
 
 def test_pooled_intervals_hold_zero_and_are_narrower_in_a_grid_of_few_seeds():
     """Six cells of 3 seeds, no true difference, each run shifted by its training (sd 0.05) beyond a shared seed
     effect: intervals with the study's pooled variance (10 df instead of 2) still hold 0 about 95% of the time,
-    and are narrower than each comparison's own."""
+    and are narrower than each comparison's own (which the default keeps when it has one)."""
     from lightning_al.report.paired import cell_pairs
 
     rng = np.random.default_rng(12)
@@ -163,9 +162,10 @@ def test_pooled_intervals_hold_zero_and_are_narrower_in_a_grid_of_few_seeds():
         for _, _, _, a, b in cell_pairs(cells):
             args = ((runs[a], np.ones_like(runs[a])), (runs[b], np.ones_like(runs[b])), TASKS, False, [0, 1, 2],
                     [0, 1, 2])
-            d = paired_difference(*args, replicates=100, seed=study, pooled=pooled)
-            own = paired_difference(*args, replicates=100, seed=study)
+            d = paired_difference(*args, replicates=100, seed=study, pooled=pooled, always_pooled=True)
+            own = paired_difference(*args, replicates=100, seed=study, pooled=pooled)
             assert d.estimate == own.estimate and d.df > own.df
+            assert (d.seed_variance, own.seed_variance) == ("pooled", "own")
             held.append(d.low < 0 < d.high)
             ratio.append((d.high - d.low) / (own.high - own.low))
     assert np.mean(held) >= 0.9 and np.median(ratio) < 0.8
@@ -181,8 +181,8 @@ def test_a_lone_run_pairs_on_its_seed_and_takes_the_pooled_variance():
     a, b = outcomes(rng, difficulty, 0.0, 1), outcomes(rng, difficulty, 0.0, 1)
     args = ((a, np.ones_like(a)), (b, np.ones_like(b)), TASKS, False, [0], [0])
     alone = paired_difference(*args)
-    pooled = paired_difference(*args, pooled=SeedVariance(0.0004, 10, 0.0009, 12))
-    assert alone.paired_seeds and alone.se_seeds == 0 and alone.df == np.inf
+    pooled = paired_difference(*args, pooled=SeedVariance(0.0004, 10))
+    assert alone.paired_seeds and alone.se_seeds == 0 and alone.df == np.inf and alone.seed_variance == "none"
     assert pooled.se_seeds == pytest.approx(np.sqrt(2 * 0.0004)) and pooled.df < np.inf
     assert pooled.se_examples == pytest.approx(alone.se_examples)
 
@@ -295,13 +295,16 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     assert detect.loc["bbh/exact_match", "examples"] == 600
     assert 0.03 < detect.loc["bbh/exact_match_micro", "detectable (independent)"] < 0.09
     spread = pd.read_csv(out / "seed_variance.csv").set_index("key")
-    assert spread.loc["bbh/exact_match", "runs"] == 8 and spread.loc["bbh/exact_match", "df (residual)"] == 3
     values = np.array([[truth[(s, m, seed)] for seed in (0, 1)] for s in ("random", "entropy") for m in (1, 2)])
-    within = np.sqrt(values.var(axis=1, ddof=1).mean())
-    assert spread.loc["bbh/exact_match", "sd (within cells)"] == pytest.approx(within)
-    main([str(tmp_path / "study"), "--out", str(tmp_path / "own"), "--seed_variance", "comparison"])
-    own = pd.read_csv(tmp_path / "own" / "paired.csv")
-    assert (own["estimate"] == paired["estimate"]).all() and (own["df"] != paired["df"]).any()
+    # 4 cells x 2 seeds: a run's residual is half the per-cell difference of its seeds, less the mean one.
+    gaps = values[:, 0] - values[:, 1]
+    assert spread.loc["bbh/exact_match", "runs"] == 8 and spread.loc["bbh/exact_match", "df"] == 3
+    assert spread.loc["bbh/exact_match", "sd of a run (pooled)"] == pytest.approx(np.sqrt(gaps.var(ddof=1) / 2))
+    assert set(paired["seed_variance"]) == {"own"}  # every cell has 2 seeds
+    main([str(tmp_path / "study"), "--out", str(tmp_path / "pooled"), "--seed_variance", "pooled"])
+    pooled = pd.read_csv(tmp_path / "pooled" / "paired.csv")
+    assert (pooled["estimate"] == paired["estimate"]).all() and (pooled["df"] != paired["df"]).any()
+    assert set(pooled["seed_variance"]) == {"pooled"}
     text = (out / "report.md").read_text()
     assert "### How much a training run moves each metric" in text
     assert "## Paired comparisons" in text and "### Smallest detectable difference" in text

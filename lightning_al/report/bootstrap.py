@@ -24,14 +24,16 @@ there is none, in simulation). The interval is instead
 In simulation (400 examples, no true difference, seed effects from none to several times the examples'
 noise) it held 0 92-100% of the time with 3 and 5 seeds; with 2 seeds, 86-98%.
 
-With 2-3 seeds a comparison, its own seed variance has 1-2 degrees of freedom (t = 12.7 or 4.3), so its
-intervals are wide and their width itself is noise. A study of many cells knows better: ``pool`` fits
-every run's value of a metric as cell + seed + noise (a two-way layout with seeds as blocks) and gives the
+A study of many cells knows more about a training run's noise than any two cells: ``pool`` fits every
+run's value of a metric as cell + seed + noise (a two-way layout with seeds as blocks) and gives the
 noise's variance, on (cells - 1)(seeds - 1) degrees of freedom in a full grid (10 for 6 cells of 3 seeds).
-A paired comparison then takes V_seeds = 2·residual / shared seeds, and an unpaired one the pooled
-within-cell variance (seed effects included) over each cell's runs. This assumes that a training run
-varies alike in every cell; the report shows each cell's own seed spread beside the pooled one, and
-``--seed_variance comparison`` goes back to each comparison's own.
+Two cells of one run each (the same seed: they pair) have no seed variance of their own, and take
+V_seeds = 2·residual instead of showing the examples' noise only. With ``always_pooled`` every paired
+comparison takes 2·residual / shared seeds: narrower intervals than the comparison's own 1-2 degrees of
+freedom give (t = 2.2 instead of 4.3), but only if a run varies alike in every cell, which 3 seeds a cell
+cannot check: with one cell's runs 2-3x as noisy as the others', the pooled intervals held 0 in only
+81-88% of that cell's comparisons in simulation. Hence not the default. Unpaired comparisons always
+keep their own (their seeds' effects are estimated from the few seeds only).
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ class Difference:
     se_examples: float = math.nan
     se_seeds: float = math.nan
     df: float = math.inf
+    #: Where the seeds' part came from: ``pooled`` (the study's), ``own`` (these cells' runs) or ``none``.
+    seed_variance: str = "none"
 
     @property
     def defined(self) -> bool:
@@ -78,43 +82,37 @@ class Difference:
 
 @dataclass(frozen=True)
 class SeedVariance:
-    """One run's variance of a metric about its cell, pooled over a study's cells (see ``pool``).
-
-    ``residual``: of the two-way fit cell + seed (what seed-by-seed differences vary by, halved);
-    ``within``: about each cell's mean (seed effects included: for runs that do not pair).
-    """
+    """One run's variance of a metric about the fit cell + seed, pooled over a study's cells (see ``pool``):
+    half the variance of a seed-by-seed difference between two cells."""
 
     residual: float
     residual_df: int
-    within: float
-    within_df: int
 
 
 def pool(values: Sequence[np.ndarray], seeds: Sequence[Sequence | None]) -> SeedVariance:
-    """The pooled seed variances of a metric from each cell's per-run ``values`` and their ``seeds``.
+    """The pooled seed variance of a metric from each cell's per-run ``values`` and their ``seeds``.
 
-    The two-way fit (least squares on cell and seed indicators) uses the runs of known seeds; a cell of one
-    run adds no degree of freedom to either variance, it only fixes its own mean. Variances with no degree
-    of freedom are NaN.
+    Least squares on cell and seed indicators, over the runs that pair: a known seed, run once in its cell
+    (a seed repeated in a cell, as when a run folder is passed twice, would add a degree of freedom that is
+    not there), and a finite value (a NaN run leaves the others' variance defined). A cell of one run adds
+    no degree of freedom, it only fixes its own mean. With no degree of freedom: NaN on 0.
     """
-    values = [np.asarray(v, dtype=float) for v in values]
-    within_df = sum(len(v) - 1 for v in values)
-    within_ss = sum(float(((v - v.mean()) ** 2).sum()) for v in values)
-    rows = [(c, s, float(x)) for c, (v, ss) in enumerate(zip(values, seeds))
-            for x, s in zip(v, ss if ss is not None else [None] * len(v)) if s is not None]
+    rows = []
+    for c, (v, ss) in enumerate(zip(values, seeds)):
+        ss = list(ss) if ss is not None else [None] * len(v)
+        rows += [(c, s, float(x)) for x, s in zip(np.asarray(v, dtype=float), ss)
+                 if s is not None and ss.count(s) == 1 and math.isfinite(x)]
+    if not rows:
+        return SeedVariance(math.nan, 0)
     levels = sorted({s for _, s, _ in rows}, key=repr)
-    residual_ss, residual_df = math.nan, 0
-    if rows:
-        design = np.zeros((len(rows), len(values) + len(levels)))
-        for i, (c, s, _) in enumerate(rows):
-            design[i, c] = 1.0
-            design[i, len(values) + levels.index(s)] = 1.0
-        y = np.array([x for _, _, x in rows])
-        fit, *_ = np.linalg.lstsq(design, y, rcond=None)
-        residual_df = len(rows) - int(np.linalg.matrix_rank(design))
-        residual_ss = float(((y - design @ fit) ** 2).sum())
-    return SeedVariance(residual_ss / residual_df if residual_df > 0 else math.nan, residual_df,
-                        within_ss / within_df if within_df > 0 else math.nan, within_df)
+    design = np.zeros((len(rows), len(values) + len(levels)))
+    for i, (c, s, _) in enumerate(rows):
+        design[i, c] = 1.0
+        design[i, len(values) + levels.index(s)] = 1.0
+    y = np.array([x for _, _, x in rows])
+    fit, *_ = np.linalg.lstsq(design, y, rcond=None)
+    df = len(rows) - int(np.linalg.matrix_rank(design))
+    return SeedVariance(float(((y - design @ fit) ** 2).sum()) / df if df > 0 else math.nan, df)
 
 
 def example_weights(tasks: np.ndarray, replicates: int, rng: np.random.Generator, rescale: bool = True) -> np.ndarray:
@@ -165,7 +163,7 @@ def _seed_parts(values: list[np.ndarray]) -> list[tuple[float, int]]:
 def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], tasks: np.ndarray,
                       macro: bool, seeds_a: list | None = None, seeds_b: list | None = None,
                       replicates: int = 2000, seed: int = 0, level: float = 0.95,
-                      pooled: SeedVariance | None = None) -> Difference:
+                      pooled: SeedVariance | None = None, always_pooled: bool = False) -> Difference:
     """The mean over seeds of cell A's metric minus cell B's, with its interval (see the module's docstring).
 
     Args:
@@ -181,8 +179,9 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
         replicates: Bootstrap replicates.
         seed: Seed of the resampling (the same report twice gives the same intervals).
         level: Coverage of the interval.
-        pooled: The study's pooled seed variances of this metric (``pool``); when they have degrees of
-            freedom, the seeds' part comes from them instead of these two cells' runs alone.
+        pooled: The study's pooled seed variance of this metric (``pool``), for cells that pair when it has
+            degrees of freedom: the seeds' part of two runs of the same seed, which have none of their own.
+        always_pooled: Take ``pooled`` for every comparison of cells that pair, not only lone runs.
     """
     num_a, den_a = (np.atleast_2d(np.asarray(x, dtype=float)) for x in a)
     num_b, den_b = (np.atleast_2d(np.asarray(x, dtype=float)) for x in b)
@@ -205,10 +204,10 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     boot_b = statistic(num_b, den_b, tasks, weights, macro)
     v_examples = float((boot_a.mean(axis=1) - boot_b.mean(axis=1)).var(ddof=1))
     parts = _seed_parts([value_a - value_b] if paired else [value_a, value_b])
-    if pooled is not None and paired and pooled.residual_df > 0:
-        parts = [(2 * pooled.residual / len(value_a), pooled.residual_df)]
-    elif pooled is not None and not paired and pooled.within_df > 0:
-        parts = [(pooled.within * (1 / len(value_a) + 1 / len(value_b)), pooled.within_df)]
+    source = "own" if parts else "none"
+    if (pooled is not None and paired and pooled.residual_df > 0 and math.isfinite(pooled.residual)
+            and (always_pooled or not parts)):
+        parts, source = [(2 * pooled.residual / len(value_a), pooled.residual_df)], "pooled"
     v_seeds = sum(v for v, _ in parts)
     se = math.sqrt(v_examples + v_seeds)
     # Welch-Satterthwaite: the examples' part has (practically) infinite degrees of freedom.
@@ -216,4 +215,4 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     df = (v_examples + v_seeds) ** 2 / spread if spread > 0 else math.inf
     half = (stats.t.ppf(0.5 + level / 2, df) if math.isfinite(df) else stats.norm.ppf(0.5 + level / 2)) * se
     return Difference(estimate, estimate - half, estimate + half, se, len(tasks), len(value_a), len(value_b), paired,
-                      se_examples=math.sqrt(v_examples), se_seeds=math.sqrt(v_seeds), df=df)
+                      se_examples=math.sqrt(v_examples), se_seeds=math.sqrt(v_seeds), df=df, seed_variance=source)

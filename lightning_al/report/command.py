@@ -60,27 +60,27 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
 
 
 def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame, spread: pd.DataFrame, pooled: bool) -> list[str]:
-    seeds = ("a training run's variance pooled over every cell of the study (next table; per-seed differences "
-             "when the cells share seeds, which then pair)" if pooled else
-             "when the cells have several seeds, the seeds' own (per-seed differences when the cells share seeds, "
-             "which then pair)")
+    seeds = ("a training run's variance pooled over every cell of the study (next table) for cells that share "
+             "seeds and so pair (`--seed_variance pooled`: this assumes a run varies alike in every cell), the "
+             "cells' own for the others" if pooled else
+             "the seeds' own (per-seed differences when the cells share seeds, which then pair), or for two runs of "
+             "the same seed, which have none, a run's variance pooled over the study's cells (next table)")
     lines = ["## Paired comparisons\n",
              _how("A − B of each main metric after the last round, on the evaluation examples every run of both "
                   "cells answered (per-example records in each run's evaluations/), as the mean over seeds: estimate "
                   "[95% interval]. The interval adds two variances: a paired bootstrap over the examples (resampled "
                   f"within tasks) and {seeds}, with a t quantile for their degrees of freedom (paired.csv: "
-                  "se_examples, se_seeds, df). Without any cell of several seeds it shows the examples' noise only, "
-                  "not a new training run's. \"within noise\": the interval contains 0. Lower is better for the "
+                  "se_examples, se_seeds, df, seed_variance). Without any cell of several seeds it shows the "
+                  "examples' noise only, not a new training run's. \"within noise\": the interval contains 0. Lower is better for the "
                   "loss.")]
     if not spread.empty:
         lines += ["### How much a training run moves each metric\n",
-                  _how("the standard deviation of one run's value about its cell's (seed_variance.csv): pooled over "
-                       "the study's cells, from the fit cell + seed (residual: what paired comparisons use) and about "
-                       "each cell's mean (within cells: unpaired ones), with degrees of freedom, beside the smallest "
-                       "and largest of single cells of several runs. "
-                       + ("The intervals use the pooled ones, which assumes a run varies alike in every cell; "
-                          "`--seed_variance comparison` uses each comparison's own runs instead." if pooled else
-                          "The intervals use each comparison's own runs (`--seed_variance comparison`).")),
+                  _how("the standard deviation of one run's value (seed_variance.csv): pooled over the study's cells "
+                       "about the fit cell + seed, with its degrees of freedom, beside the smallest and largest sd of "
+                       "a single cell of several runs about its mean. "
+                       + ("Every paired interval uses the pooled one (`--seed_variance pooled`)." if pooled else
+                          "Only runs without a seed variance of their own use it; `--seed_variance pooled` uses it "
+                          "for every paired comparison (narrower intervals, if a run varies alike in every cell).")),
                   to_markdown(spread) + "\n"]
     if paired.empty:
         lines.append("_No comparison: it needs finished runs of two cells (two m values of a strategy, or a strategy "
@@ -164,16 +164,17 @@ def _selection_section(runs: Sequence[Run], summary: pd.DataFrame, overlap: pd.D
     return lines
 
 
-def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: str = "pooled") -> Path:
+def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: str = "comparison") -> Path:
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
     seed_variance.csv, detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
-    or folders of them (see ``load_runs``). ``seed_variance``: ``pooled`` (a training run's variance pooled
-    over the study's cells) or ``comparison`` (each comparison's own runs) for the paired intervals.
+    or folders of them (see ``load_runs``). ``seed_variance``: the training runs' variance in the paired
+    intervals, ``comparison`` (each comparison's own runs; lone runs of one seed the study's pooled one) or
+    ``pooled`` (the study's pooled one for every comparison of cells that pair).
     """
-    if seed_variance not in ("pooled", "comparison"):
-        raise ValueError(f"seed_variance must be 'pooled' or 'comparison', not {seed_variance!r}")
+    if seed_variance not in ("comparison", "pooled"):
+        raise ValueError(f"seed_variance must be 'comparison' or 'pooled', not {seed_variance!r}")
     runs = load_runs(run_dirs)
     out = Path(out)
     plot_dir = out / "plots"
@@ -191,7 +192,7 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     cost.to_csv(out / "cost.csv", index=False)
     final.to_csv(out / "final.csv", index=False)
     spread, pooled = seed_variance_table(runs)
-    paired = paired_table(runs, pooled=pooled if seed_variance == "pooled" else None)
+    paired = paired_table(runs, pooled=pooled, always_pooled=seed_variance == "pooled")
     detect = detectable(runs, paired)
     paired.to_csv(out / "paired.csv", index=False)
     spread.to_csv(out / "seed_variance.csv", index=False)
@@ -229,10 +230,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="run directories (with config.yaml and rounds/) or folders that contain them")
     parser.add_argument("--out", help="output folder (default: reports/<name of the first RUN_DIRS folder>, e.g. "
                         "reports/mini for checkpoints/mini, so that each study's report has its own folder)")
-    parser.add_argument("--seed_variance", choices=["pooled", "comparison"], default="pooled",
-                        help="the training runs' variance in the paired intervals: pooled over every cell of the "
-                        "study (more degrees of freedom; assumes a run varies alike in every cell), or each "
-                        "comparison's own runs (default: %(default)s)")
+    parser.add_argument("--seed_variance", choices=["comparison", "pooled"], default="comparison",
+                        help="the training runs' variance in the paired intervals: each comparison's own runs (two "
+                        "runs of one seed: the study's pooled variance), or pooled over every cell of the study "
+                        "for every comparison of cells that pair (more degrees of freedom; assumes a run varies "
+                        "alike in every cell) (default: %(default)s)")
     args = parser.parse_args(argv)
     out = args.out or str(Path("reports") / Path(args.run_dirs[0]).resolve().name)
     try:

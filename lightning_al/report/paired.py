@@ -23,10 +23,9 @@ from lightning_al.report.records import aggregate, final_records, measure, metri
 from lightning_al.report.runs import Run, strategy_order
 
 PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "paired_seeds", "estimate",
-                  "low", "high", "se", "se_examples", "se_seeds", "df", "difference", "call", "verdict"]
+                  "low", "high", "se", "se_examples", "se_seeds", "df", "seed_variance", "difference", "call", "verdict"]
 BASELINE = "random"
-SEED_VARIANCE_COLUMNS = ["key", "runs", "cells", "sd (residual)", "df (residual)", "sd (within cells)",
-                         "df (within cells)", "cell sd min", "cell sd max"]
+SEED_VARIANCE_COLUMNS = ["key", "runs", "cells", "sd of a run (pooled)", "df", "cell sd min", "cell sd max"]
 
 
 def cell_pairs(cells: Sequence[tuple[str, int]]) -> list[tuple[str, str, str, tuple[str, int], tuple[str, int]]]:
@@ -123,28 +122,28 @@ def _study_values(cells: Cells) -> dict[str, tuple[list[np.ndarray], list[list]]
 
 
 def seed_variance_table(runs: Sequence[Run]) -> tuple[pd.DataFrame, dict[str, SeedVariance]]:
-    """Per main metric, how much one training run's value varies about its cell's, pooled over the study's
-    cells (``bootstrap.pool``): as standard deviations with their degrees of freedom, beside the smallest and
-    largest sd of a single cell of several runs (far apart: the pooled one fits some cells badly).
-    Returns the table (``SEED_VARIANCE_COLUMNS``) and the pooled variances by metric."""
+    """Per main metric, how much one training run's value varies, pooled over the study's cells
+    (``bootstrap.pool``: about the fit cell + seed) as a standard deviation with its degrees of freedom,
+    beside the smallest and largest sd of a single cell of several runs about its mean (seed effects
+    included). Returns the table (``SEED_VARIANCE_COLUMNS``) and the pooled variances by metric."""
     rows, pooled = [], {}
     for key, (values, seeds) in _study_values(_cells(runs)).items():
         pooled[key] = variance = pool(values, seeds)
         own = [float(v.std(ddof=1)) for v in values if len(v) > 1]
         rows.append({"key": key, "runs": sum(len(v) for v in values), "cells": len(values),
-                     "sd (residual)": math.sqrt(variance.residual), "df (residual)": variance.residual_df,
-                     "sd (within cells)": math.sqrt(variance.within), "df (within cells)": variance.within_df,
+                     "sd of a run (pooled)": math.sqrt(variance.residual), "df": variance.residual_df,
                      "cell sd min": min(own, default=math.nan), "cell sd max": max(own, default=math.nan)})
     return pd.DataFrame(rows, columns=SEED_VARIANCE_COLUMNS), pooled
 
 
 def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
-                 pooled: dict[str, SeedVariance] | None = None) -> pd.DataFrame:
+                 pooled: dict[str, SeedVariance] | None = None, always_pooled: bool = False) -> pd.DataFrame:
     """Every comparison of ``cell_pairs`` on every main metric both cells' final records support.
 
     Only finished runs with records of their last round take part. ``pooled``: the study's seed variances
-    by metric (``seed_variance_table``), used where they have degrees of freedom; without, each
-    comparison's own runs give the seeds' part. Columns: ``PAIRED_COLUMNS``.
+    by metric (``seed_variance_table``), for paired runs without a seed variance of their own, or with
+    ``always_pooled`` for every paired comparison (see ``paired_difference``). Columns: ``PAIRED_COLUMNS``
+    (``seed_variance``: where each comparison's seeds' part came from).
     """
     cells = _cells(runs)
     rows = []
@@ -162,11 +161,13 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
                 num, den, tasks, n = aligned
                 d = paired_difference((num[: len(a)], den[: len(a)]), (num[len(a):], den[len(a):]), tasks,
                                       metric.macro, [r.seed for r, _ in a], [r.seed for r, _ in b],
-                                      replicates=replicates, seed=seed, pooled=(pooled or {}).get(metric.key))
+                                      replicates=replicates, seed=seed, pooled=(pooled or {}).get(metric.key),
+                                      always_pooled=always_pooled)
                 rows.append({"kind": kind, "group": group, "comparison": label, "key": metric.key, "examples": n,
                              "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "paired_seeds": d.paired_seeds,
                              "estimate": d.estimate, "low": d.low, "high": d.high, "se": d.se,
-                             "se_examples": d.se_examples, "se_seeds": d.se_seeds, "df": d.df, "difference": interval(d),
+                             "se_examples": d.se_examples, "se_seeds": d.se_seeds, "df": d.df,
+                             "seed_variance": d.seed_variance, "difference": interval(d),
                              "call": call(label, d, metric.lower_is_better),
                              "verdict": verdict(label, d, metric.lower_is_better)})
     return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
