@@ -11,6 +11,7 @@ import pytest
 from lightning_al.evaluation.multiple_choice import (
     LETTERS,
     choice_continuations,
+    continuation_ids,
     format_question,
     load_multiple_choice,
     mc_prompt,
@@ -110,6 +111,41 @@ def test_format_question_and_continuations():
         choice_continuations(11)
     with pytest.raises(ValueError, match="not one of the 2 choices"):
         format_question("Q?", ["x", "y"], 2)
+
+
+def sentencepiece_like_tokenizer():
+    """A tokenizer built like Llama 2's SentencePiece BPE (a '▁' prepended to the text, spaces as '▁'), set to add
+    a BOS and an EOS (``add_eos_token``), as some users configure it."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    pieces = ["<unk>", "<s>", "</s>", "▁", "A", "B", ":", "n", "s", "w", "e", "r", "▁A", "▁B", "▁▁", "An", "Ans",
+              "Answ", "Answe", "Answer", "▁Answer"]
+    merges = [("▁", "A"), ("▁", "B"), ("▁", "▁"), ("A", "n"), ("An", "s"), ("Ans", "w"), ("Answ", "e"),
+              ("Answe", "r"), ("▁", "Answer")]
+    model = Tokenizer(models.BPE(vocab={p: i for i, p in enumerate(pieces)}, merges=merges, unk_token="<unk>"))
+    model.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    model.decoder = decoders.Replace("▁", " ")
+    model.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 1), ("</s>", 2)])
+    return PreTrainedTokenizerFast(tokenizer_object=model, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_choices_are_scored_as_the_exemplars_end_with_sentencepiece_tokenizers(tmp_path):
+    """Tokenized alone, " A" is ['▁', '▁A'] for a SentencePiece tokenizer, while "Answer: B" in an exemplar ends in
+    '▁B': the choice is the tail of the prompt and the choice tokenized together. And the prompt starts with the
+    BOS but does not end with the EOS a tokenizer set to add one would put there."""
+    from lightning_al.evaluation import MultipleChoice
+
+    tok = sentencepiece_like_tokenizer()
+    assert tok.convert_ids_to_tokens(tok(" A", add_special_tokens=False)["input_ids"]) == ["▁", "▁A"]
+    assert tok.convert_ids_to_tokens(continuation_ids(tok, "Answer:", " A")) == ["▁A"]
+    path = tmp_path / "test.jsonl"
+    path.write_text(json.dumps({"question": "Answer", "choices": ["A", "B"], "answer": 1, "subject": ""}) + "\n")
+    mmlu = MultipleChoice(source=str(path), num_fewshot=0)
+    mmlu.prepare(tok, held_out=None)
+    (row,) = mmlu.rows
+    assert [tok.convert_ids_to_tokens(c) for c in row["continuations"]] == [["▁A"], ["▁B"]]
+    assert row["input_ids"][0] == tok.bos_token_id and row["input_ids"][-1] == tok.convert_tokens_to_ids(":")
 
 
 @pytest.mark.parametrize(

@@ -100,6 +100,13 @@ def leading_ids(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return []
 
 
+def text_ids(tokenizer: PreTrainedTokenizerBase, text: str, lead: list[int] | None = None) -> list[int]:
+    """``text``'s ids after the tokenizer's leading special ids (its BOS, ``leading_ids``) and with nothing after:
+    a tokenizer set to add an EOS (``add_eos_token``) would otherwise end a prompt the model must continue."""
+    lead = leading_ids(tokenizer) if lead is None else lead
+    return lead + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
 def with_leading_ids(prompt_ids: list[int], span: tuple[int, int], lead: list[int]) -> tuple[list[int], tuple[int, int]]:
     """``prompt_ids`` starting with ``lead`` (and the content span moved with it), unless they already do: either
     way they start with it, which ``_truncate`` keeps.

@@ -31,7 +31,7 @@ import datasets
 import numpy as np
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.formatting import leading_ids, prompt_text, with_leading_ids
+from lightning_al.data.formatting import leading_ids, prompt_text, text_ids, with_leading_ids
 from lightning_al.evaluation.answers import extract_answer
 from lightning_al.evaluation.sets import GenerativeEvaluation
 
@@ -221,7 +221,7 @@ class BigBenchHard(GenerativeEvaluation):
                 ids = tokenizer(prompt_text(tokenizer, "", user) + prefix, add_special_tokens=False)["input_ids"]
                 ids = with_leading_ids(ids, (0, 0), lead)[0]
             else:
-                ids = tokenizer(bbh_prompt(ex["cot_prompt"], ex["input"]))["input_ids"]
+                ids = text_ids(tokenizer, bbh_prompt(ex["cot_prompt"], ex["input"]), lead)
             # The id names the example in its task file, so that records of two runs pair up.
             self.rows.append({"input_ids": ids, "group": tasks.index(ex["task"]), "target": ex["target"],
                               "id": f"{ex['task']}/{ex['index']}"})
