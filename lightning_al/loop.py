@@ -149,6 +149,15 @@ class ActiveLearningLoop(Callback):
                 f"trainer.val_check_interval ({trainer.val_check_interval}) must be 1.0: the evaluation runs at the "
                 "end of an epoch, where the loop ends its rounds and the round checkpoints are written"
             )
+        limit = trainer.limit_val_batches
+        if not (isinstance(limit, float) and limit == 1.0):
+            # Evaluation batches come task by task (BBH) or longest first: a share of them is a biased sample
+            # that would still be logged as bbh/exact_match.
+            raise ValueError(
+                f"trainer.limit_val_batches ({limit}) must be 1.0: a part of the evaluation batches is a biased "
+                "sample (BBH's come task by task); evaluate fewer examples with the evaluations' own max_examples "
+                "(or max_examples_per_task) keys"
+            )
         checkpoints = [c for c in trainer.callbacks if isinstance(c, RunCheckpoint)]
         if len(checkpoints) > 1:
             raise ValueError("trainer.callbacks holds more than one RunCheckpoint; keep one")

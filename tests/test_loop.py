@@ -131,6 +131,7 @@ def test_settings_that_resume_depends_on_are_checked(tmp_path):
 
     check()
     for args, message in [({"val_check_interval": 0.5}, "val_check_interval"), ({"max_steps": 3}, "max_steps"),
+                          ({"limit_val_batches": 0.25}, "limit_val_batches"), ({"limit_val_batches": 1}, "max_examples"),
                           ({"callbacks": [ModelCheckpoint(dirpath=tmp_path)]}, "RunCheckpoint"),
                           ({"callbacks": [RunCheckpoint(str(tmp_path / "elsewhere"))]}, "dirpath")]:
         with pytest.raises(ValueError, match=message):
