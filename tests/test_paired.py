@@ -12,7 +12,7 @@ import pytest
 
 from lightning_al.report.bootstrap import example_weights, paired_difference, pool
 from lightning_al.report.command import main
-from lightning_al.report.paired import cell_pairs, detectable, interval, verdict
+from lightning_al.report.paired import cell_pairs, detectable, interval, paired_table, verdict
 from lightning_al.report.records import aggregate
 from lightning_al.report.runs import load_runs
 from tests.test_report import write_run
@@ -309,6 +309,27 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     assert "### How much a training run moves each metric" in text
     assert "## Paired comparisons" in text and "### Smallest detectable difference" in text
     assert "| within noise |" in text and "| m=2 better |" in text and "**entropy: m=2 − m=1** (A − B)" in text
+
+
+def test_a_renamed_held_out_answer_set_keeps_its_metric_name(tmp_path: Path) -> None:
+    """HeldOutAnswers(name="flan") logs flan/answer_exact_match; its records look like BBH's, so the report
+    names them from the run's config, not from the file name (which would give flan/exact_match)."""
+    import yaml
+
+    rng = np.random.default_rng(15)
+    for m in (1, 2):
+        run_dir = write_run(tmp_path / "study", "random", m, 0, metrics=False)
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config["data"]["evaluations"] = [{"class_path": "lightning_al.evaluation.HeldOutAnswers",
+                                          "init_args": {"name": "flan", "max_examples": 50}},
+                                         {"class_path": "lightning_al.evaluation.BigBenchHard", "init_args": {}}]
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+        for name in ("flan", "bbh"):
+            _write_records(run_dir, m - 1, name, [{"id": str(i), "task": "t", "correct": int(c), "answer": "x",
+                                                   "target": "x", "generation": "..."}
+                                                  for i, c in enumerate(rng.random(50) < 0.5)])
+    keys = set(pd.concat([paired_table(load_runs([tmp_path / "study"]))["key"]]))
+    assert {"flan/answer_exact_match", "bbh/exact_match"} <= keys and "flan/exact_match" not in keys
 
 
 def test_detectable_difference_of_a_task_average_weighs_each_task_by_its_size(tmp_path: Path) -> None:

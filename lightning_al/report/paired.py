@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 
 from lightning_al.report.bootstrap import DETECTABLE_Z, Difference, SeedVariance, paired_difference, pool
-from lightning_al.report.records import aggregate, final_records, measure, metrics_of
+from lightning_al.report.records import aggregate, answer_sets, final_records, measure, metrics_of
 from lightning_al.report.runs import Run, strategy_order
 
 PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "paired_seeds", "estimate",
@@ -113,7 +113,7 @@ def _study_values(cells: Cells) -> dict[str, tuple[list[np.ndarray], list[list]]
         if any(frame.empty for frame in frames) or (aligned := _aligned(frames)) is None:
             continue
         num, den, tasks, _ = aligned
-        for metric in metrics_of(file, frames[0]):
+        for metric in metrics_of(file, frames[0], answer_sets(items[0][1])):
             values = [aggregate(num[i], den[i], tasks, metric.macro) for i in range(len(items))]
             per_cell = [np.array([v for (c, _, _), v in zip(items, values) if c == cell]) for cell in cells]
             seeds = [[run.seed for run, _ in cells[cell]] for cell in cells]
@@ -154,7 +154,7 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
             frames = [records[file] for _, records in a + b]
             if any(frame.empty for frame in frames):
                 continue
-            for metric in metrics_of(file, frames[0]):
+            for metric in metrics_of(file, frames[0], answer_sets(a[0][0])):
                 aligned = _aligned(frames)
                 if aligned is None:
                     continue
@@ -190,7 +190,7 @@ def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
             m = measure(frame)
             per_task = m.groupby("task").agg(num=("num", "sum"), den=("den", "sum"), n=("num", "size"))
             per_task = per_task.assign(rate=per_task["num"] / per_task["den"])[["rate", "n"]]
-            for metric in metrics_of(file, frame):
+            for metric in metrics_of(file, frame, answer_sets(run)):
                 value = aggregate(m["num"].to_numpy(), m["den"].to_numpy(), m["task"].to_numpy(), metric.macro)
                 values.setdefault(metric.key, []).append((len(m), value, metric.lower_is_better, metric.macro, per_task))
     rows = []

@@ -34,16 +34,26 @@ def read_records(run: Run, round: int) -> dict[str, pd.DataFrame]:
     return {name: pd.DataFrame(rows) for name, rows in run_folder.read_records(run.path, round).items()}
 
 
-def metrics_of(file: str, frame: pd.DataFrame) -> list[Metric]:
+def answer_sets(run: Run) -> frozenset[str]:
+    """The names of the run's held-out answer sets (``HeldOutAnswers`` in its config's ``data.evaluations``):
+    their right / wrong records look like BBH's, but metrics.jsonl names them ``answer_exact_match``."""
+    evaluations = (run.config.get("data") or {}).get("evaluations")
+    names = {(e.get("init_args") or {}).get("name") or "heldout" for e in evaluations or []
+             if isinstance(e, dict) and str(e.get("class_path", "")).rsplit(".", 1)[-1] == "HeldOutAnswers"}
+    return frozenset(names or {"heldout"})
+
+
+def metrics_of(file: str, frame: pd.DataFrame, answers: frozenset[str] = frozenset({"heldout"})) -> list[Metric]:
     """The main metrics a records file supports: the loss for NLL records; for right / wrong records the
     set's metric macro over tasks and its ``_micro`` (named as in metrics.jsonl: ``accuracy`` for multiple
-    choice, ``exact_match`` for generation, ``answer_exact_match`` for the held-out answers, ``heldout``)."""
+    choice, ``exact_match`` for generation, ``answer_exact_match`` for the held-out answer sets ``answers``,
+    see ``answer_sets``)."""
     columns = set(frame.columns)
     if {"nll", "tokens"} <= columns:
         return [Metric("heldout/loss", file, macro=False, lower_is_better=True)]
     if "correct" not in columns:
         return []
-    name = "accuracy" if "chosen" in columns else "answer_exact_match" if file == "heldout" else "exact_match"
+    name = "accuracy" if "chosen" in columns else "answer_exact_match" if file in answers else "exact_match"
     return [Metric(f"{file}/{name}", file, macro=True), Metric(f"{file}/{name}_micro", file, macro=False)]
 
 
