@@ -106,7 +106,7 @@ def check_pretrained(name: str, key: str, kind: Literal["model", "tokenizer"] = 
             raise PretrainedNotFoundError(
                 f"{key}: {name!r} is neither a local folder ({where}) nor a hub {kind} in the local cache "
                 f"(HF_HUB_OFFLINE=1: no download). Download it once where the hub is reachable "
-                f"(`huggingface-cli download {name}`, same HF_HOME) or point {key} to a local folder."
+                f"(`hf download {name}`, same HF_HOME) or point {key} to a local folder."
             )
         return
     from huggingface_hub import HfApi
@@ -119,7 +119,7 @@ def check_pretrained(name: str, key: str, kind: Literal["model", "tokenizer"] = 
     except RepositoryNotFoundError:
         raise PretrainedNotFoundError(
             f"{key}: {name!r} is neither a local folder ({where}) nor a repository on the hub "
-            f"(private ones need `huggingface-cli login`)"
+            f"(private ones need `hf auth login`)"
         ) from None
     except Exception as err:  # noqa: BLE001 - network errors come in many types; all mean "unreachable"
         if cached:
