@@ -22,7 +22,8 @@ there is none, in simulation). The interval is instead
 - ``df``: Welch-Satterthwaite's, from infinity for the examples' part and seeds - 1 for the seeds'.
 
 In simulation (400 examples, no true difference, seed effects from none to several times the examples'
-noise) it held 0 92-100% of the time with 3 and 5 seeds; with 2 seeds, 86-98%.
+noise) it held 0 92-100% of the time with 3 and 5 seeds; with 2 seeds, 86-98%. ``benchmarks/
+interval_coverage.py`` simulates studies of the CPU study's shape, with this interval and the pooled one.
 
 A study of many cells knows more about a training run's noise than any two cells: ``pool`` fits every
 run's value of a metric as cell + seed + noise (a two-way layout with seeds as blocks) and gives the
