@@ -364,14 +364,15 @@ class ActiveLearningDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         candidates = self.unlabeled_indices()
         processes = self.trainer.world_size if self.trainer is not None else 1
+        if not len(candidates):
+            raise ValueError("predict: the pool has no unlabeled example to score (every one is labeled or held out)")
         # Lightning's predict loop shards without repeats: a process without a candidate fails deep in
         # its sampler (or skips the pass and leaves the others waiting in the writer's gather).
-        if len(candidates) < max(processes, 1):
+        if len(candidates) < processes:
             raise ValueError(
                 f"predict: {len(candidates)} unlabeled pool examples to score on {processes} processes; each "
                 f"process needs one at least: run on at most {len(candidates)} devices (--trainer.devices) or "
-                "give a larger pool (data.pool)" if len(candidates) else
-                "predict: the pool has no unlabeled example to score (every one is labeled or held out)"
+                "give a larger pool (data.pool)"
             )
         return self.score_dataloader(candidates)
 

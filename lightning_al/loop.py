@@ -141,7 +141,8 @@ class ActiveLearningLoop(Callback):
         dm.evaluate_every_n_epochs = self.epochs_per_round
 
     def _check_resume_settings(self, trainer: Trainer) -> None:
-        """The Trainer settings that exact resume depends on: errors, not silently weaker guarantees."""
+        """The Trainer settings that exact resume and the evaluation depend on: errors, not silently weaker
+        guarantees or a biased evaluation."""
         if trainer.max_steps != -1:
             raise ValueError(f"trainer.max_steps ({trainer.max_steps}) must be -1: rounds are counted in epochs")
         if trainer.val_check_interval != 1.0:

@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from lightning_al.data.formatting import leading_ids, text_ids
+from lightning_al.data.formatting import leading_ids
 from lightning_al.data.sources import InvalidRow, read_file
 from lightning_al.evaluation.likelihood import choice_logprobs
 from lightning_al.evaluation.sets import Batch, Evaluation
@@ -87,14 +87,17 @@ def choice_continuations(n: int) -> list[str]:
     return [f" {letter}" for letter in LETTERS[:n]]
 
 
-def continuation_ids(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str) -> list[int]:
+def continuation_ids(tokenizer: PreTrainedTokenizerBase, context: str, continuation: str,
+                     context_ids: list[int] | None = None) -> list[int]:
     """The ids ``continuation`` has after ``context``: the tail of the two tokenized together.
 
     Tokenized alone, " A" is ['▁', '▁A'] for SentencePiece tokenizers (Llama 2, Mistral v0.1): a stray '▁'
     that every choice would share, scored after a context the exemplars never showed ("Answer: B" ends in
     '▁B'). A context whose last token merges with the continuation keeps the continuation's own ids.
+    ``context_ids``: the context's own ids (no special tokens), when the caller has them already.
     """
-    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    if context_ids is None:
+        context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
     whole = tokenizer(context + continuation, add_special_tokens=False)["input_ids"]
     if len(whole) > len(context_ids) and whole[: len(context_ids)] == context_ids:
         return whole[len(context_ids):]
@@ -308,8 +311,9 @@ class MultipleChoice(Evaluation):
         self.rows = []
         lead = leading_ids(tokenizer)
         for ex in examples:
-            ids = text_ids(tokenizer, ex["prompt"], lead)
-            continuations = [continuation_ids(tokenizer, ex["prompt"], c)
+            prompt_ids = tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"]
+            ids = lead + prompt_ids  # the BOS, and no EOS after "Answer:" (see ``text_ids``)
+            continuations = [continuation_ids(tokenizer, ex["prompt"], c, prompt_ids)
                              for c in choice_continuations(len(ex["choices"]))]
             # The id is the question's row in its file (or split), so that records of two runs pair up.
             self.rows.append({"input_ids": ids, "group": subjects.index(str(ex["subject"])), "answer": ex["answer"],

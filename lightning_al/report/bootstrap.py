@@ -21,9 +21,10 @@ there is none, in simulation). The interval is instead
   0 only 83-91% of the time with 3 seeds in simulation, for want of a better estimate from so few.)
 - ``df``: Welch-Satterthwaite's, from infinity for the examples' part and seeds - 1 for the seeds'.
 
-In simulation (400 examples, no true difference, seed effects from none to several times the examples'
-noise) it held 0 92-100% of the time with 3 and 5 seeds; with 2 seeds, 86-98%. ``benchmarks/
-interval_coverage.py`` simulates studies of the CPU study's shape, with this interval and the pooled one.
+``benchmarks/interval_coverage.py`` simulates studies of the CPU study's shape with no true difference
+(results in ``benchmarks/results/interval-coverage.md``): with 3 seeds a cell this interval held 0 in 92-99%
+of comparisons (a little under 95% for a loss-like metric), the pooled one below 94-99% when runs vary
+alike in every cell.
 
 A study of many cells knows more about a training run's noise than any two cells: ``pool`` fits every
 run's value of a metric as cell + seed + noise (a two-way layout with seeds as blocks) and gives the
@@ -32,9 +33,10 @@ Two cells of one run each (the same seed: they pair) have no seed variance of th
 V_seeds = 2·residual instead of showing the examples' noise only. With ``always_pooled`` every paired
 comparison takes 2·residual / shared seeds: narrower intervals than the comparison's own 1-2 degrees of
 freedom give (t = 2.2 instead of 4.3), but only if a run varies alike in every cell, which 3 seeds a cell
-cannot check: with one cell's runs 2-3x as noisy as the others', the pooled intervals held 0 in only
-81-88% of that cell's comparisons in simulation. Hence not the default. Unpaired comparisons always
-keep their own (their seeds' effects are estimated from the few seeds only).
+cannot check: with random's runs 3x as noisy as the others', the pooled intervals held 0 in only 87-95% of
+random's comparisons in that simulation (a review's, with one cell 2-3x as noisy: 81-88% of that cell's).
+Hence not the default. Unpaired comparisons always keep their own (their seeds' effects are estimated from the
+few seeds only).
 """
 
 from __future__ import annotations

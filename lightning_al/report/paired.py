@@ -107,6 +107,7 @@ def _study_values(cells: Cells) -> dict[str, tuple[list[np.ndarray], list[list]]
     """Per main metric: each cell's per-run values (on the examples every run of the study answered) and seeds."""
     out: dict[str, tuple[list[np.ndarray], list[list]]] = {}
     items = [(c, run, records) for c, entries in cells.items() for run, records in entries]
+    seeds = [[run.seed for run, _ in cells[cell]] for cell in cells]
     files = reduce(lambda x, y: x & y, (set(records) for _, _, records in items)) if items else set()
     for file in sorted(files):
         frames = [records[file] for _, _, records in items]
@@ -116,7 +117,6 @@ def _study_values(cells: Cells) -> dict[str, tuple[list[np.ndarray], list[list]]
         for metric in metrics_of(file, frames[0], answer_sets(items[0][1])):
             values = [aggregate(num[i], den[i], tasks, metric.macro) for i in range(len(items))]
             per_cell = [np.array([v for (c, _, _), v in zip(items, values) if c == cell]) for cell in cells]
-            seeds = [[run.seed for run, _ in cells[cell]] for cell in cells]
             out[metric.key] = (per_cell, seeds)
     return out
 
@@ -152,13 +152,10 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
         files = reduce(lambda x, y: x & y, (set(records) for _, records in a + b))
         for file in sorted(files):
             frames = [records[file] for _, records in a + b]
-            if any(frame.empty for frame in frames):
+            if any(frame.empty for frame in frames) or (aligned := _aligned(frames)) is None:
                 continue
+            num, den, tasks, n = aligned
             for metric in metrics_of(file, frames[0], answer_sets(a[0][0])):
-                aligned = _aligned(frames)
-                if aligned is None:
-                    continue
-                num, den, tasks, n = aligned
                 d = paired_difference((num[: len(a)], den[: len(a)]), (num[len(a):], den[len(a):]), tasks,
                                       metric.macro, [r.seed for r, _ in a], [r.seed for r, _ in b],
                                       replicates=replicates, seed=seed, pooled=(pooled or {}).get(metric.key),
