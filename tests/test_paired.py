@@ -231,6 +231,21 @@ def test_rescaled_resamples_have_the_tasks_full_variance():
     assert (weights @ values / 4).var() == pytest.approx(values.var(ddof=1) / 4, rel=0.03)
 
 
+def test_a_task_of_one_example_adds_the_variance_of_an_example_of_the_other_tasks():
+    """A resample within tasks draws a task of one example as itself every time; its share of the variance comes
+    from the other tasks' spread about their means. Here task "a" (two examples, differences 1 and 0: variance
+    1/2) and task "b" of one: the mean over 2 tasks has a's bootstrap variance / 4 plus (1/2) / 4 for b."""
+    def se_examples(tasks, a, b, macro=True):
+        return paired_difference((np.array([a]), np.ones((1, len(a)))), (np.array([b]), np.ones((1, len(b)))),
+                                 np.array(tasks), macro=macro).se_examples
+    with_lone = se_examples(["a", "a", "b"], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0])
+    without = se_examples(["a", "a"], [1.0, 0.0], [0.0, 0.0])  # the same draws of task a
+    assert with_lone**2 == pytest.approx(without**2 / 4 + 0.5 / 4)
+    # A ratio of sums weighs each example by its share of the denominators: a's part (2/3)^2 of its own, b's 1/3.
+    micro = se_examples(["a", "a", "b"], [1.0, 0.0, 1.0], [0.0, 0.0, 0.0], macro=False)
+    assert micro**2 == pytest.approx(without**2 * 4 / 9 + 0.5 / 9)
+
+
 def test_a_nan_in_the_records_is_undefined_not_within_noise():
     a = np.array([[1.0, 0.0, np.nan, 1.0] * 150])
     b = np.ones_like(a)

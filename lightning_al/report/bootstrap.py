@@ -13,7 +13,9 @@ there is none, in simulation). The interval is instead
 
     estimate ± t(df) · sqrt(V_examples + V_seeds),
 
-- ``V_examples``: the variance of the example bootstrap of the seed-averaged difference;
+- ``V_examples``: the variance of the example bootstrap of the seed-averaged difference, plus what a task of
+  one example would add, which no resample within it can show (``lone_task_variance``: the CPU study's 500 MMLU
+  questions include a subject of one);
 - ``V_seeds``: the seed-to-seed sample variance of each cell's value (of the per-seed differences when
   the cells share seeds: they pair) over the number of seeds; a cell of one run takes the variance of
   the cells that have several; with one run in every cell, 0: the interval shows the examples' noise only. It also holds the answers' own noise from seed to seed, which ``V_examples``
@@ -122,7 +124,8 @@ def example_weights(tasks: np.ndarray, replicates: int, rng: np.random.Generator
     """(replicates, n) weights of each example: counts of a resample drawn with replacement within each task,
     with ``rescale`` their deviation from 1 scaled by sqrt(n_k / (n_k - 1)) so that a task's resample has its
     full variance (the weights of a task still sum to its size; an example drawn 0 times weighs a little
-    below 0, harmless where every example's denominator is the same). A task of one example adds none."""
+    below 0, harmless where every example's denominator is the same). A task of one example adds none here:
+    ``lone_task_variance`` gives its share."""
     weights = np.ones((replicates, len(tasks)))
     for task in np.unique(tasks):
         where = np.flatnonzero(tasks == task)
@@ -131,6 +134,27 @@ def example_weights(tasks: np.ndarray, replicates: int, rng: np.random.Generator
             counts = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates)
             weights[:, where] = 1 + (math.sqrt(n / (n - 1)) if rescale else 1.0) * (counts - 1)
     return weights
+
+
+def lone_task_variance(ratio: np.ndarray, share: np.ndarray, tasks: np.ndarray) -> float:
+    """The variance that resampling within tasks leaves out: a task of one example is drawn as itself every time.
+
+    Its example varies about its task's mean as much as an example of the tasks that have several does (their
+    pooled within-task variance of ``ratio``, the per-example A - B), and counts in the metric with its ``share``
+    (1 / tasks for a mean over tasks, its denominator's share of all for a ratio of sums). 0 without a task of
+    one example, or without a task of several to take the variance from.
+    """
+    lone, squares, df = [], 0.0, 0
+    for task in np.unique(tasks):
+        where = np.flatnonzero(tasks == task)
+        if len(where) == 1:
+            lone.append(float(share[where[0]]))
+        else:
+            squares += float(((ratio[where] - ratio[where].mean()) ** 2).sum())
+            df += len(where) - 1
+    if not lone or df == 0:
+        return 0.0
+    return squares / df * float(np.square(lone).sum())
 
 
 def statistic(num: np.ndarray, den: np.ndarray, tasks: np.ndarray, weights: np.ndarray, macro: bool) -> np.ndarray:
@@ -206,6 +230,11 @@ def paired_difference(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.
     boot_a = statistic(num_a, den_a, tasks, weights, macro)  # (replicates, seeds of A)
     boot_b = statistic(num_b, den_b, tasks, weights, macro)
     v_examples = float((boot_a.mean(axis=1) - boot_b.mean(axis=1)).var(ddof=1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = (num_a / den_a).mean(axis=0) - (num_b / den_b).mean(axis=0)
+    share = np.full(len(tasks), 1.0 / len(np.unique(tasks))) if macro else (
+        (den_a.mean(axis=0) + den_b.mean(axis=0)) / (den_a.mean(axis=0).sum() + den_b.mean(axis=0).sum()))
+    v_examples += lone_task_variance(ratio, share, tasks)
     parts = _seed_parts([value_a - value_b] if paired else [value_a, value_b])
     source = "own" if parts else "none"
     if (pooled is not None and paired and pooled.residual_df > 0 and math.isfinite(pooled.residual)
