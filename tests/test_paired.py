@@ -12,7 +12,7 @@ import pytest
 
 from lightning_al.report.bootstrap import example_weights, paired_difference, pool
 from lightning_al.report.command import main
-from lightning_al.report.paired import cell_pairs, detectable, interval, paired_table, verdict
+from lightning_al.report.paired import cell_pairs, detectable, holm, interval, paired_table, verdict
 from lightning_al.report.records import aggregate
 from lightning_al.report.runs import load_runs
 from tests.test_report import write_run
@@ -246,6 +246,12 @@ def test_a_task_of_one_example_adds_the_variance_of_an_example_of_the_other_task
     assert micro**2 == pytest.approx(without**2 * 4 / 9 + 0.5 / 9)
 
 
+def test_holm_adjusts_each_p_by_the_comparisons_left_and_keeps_the_order():
+    """Holm's step-down: sorted p times (m - rank), never below an earlier one, capped at 1; NaN is outside."""
+    adjusted = holm(np.array([0.04, 0.001, np.nan, 0.03, 0.5]))
+    np.testing.assert_allclose(adjusted, [0.09, 0.004, np.nan, 0.09, 0.5])
+
+
 def test_a_nan_in_the_records_is_undefined_not_within_noise():
     a = np.array([[1.0, 0.0, np.nan, 1.0] * 150])
     b = np.ones_like(a)
@@ -306,6 +312,14 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     assert row["verdict"].startswith("m=2 − m=1 = +") and row["verdict"].endswith("(m=2 better)")
     loss = paired[(paired["kind"] == "strategy") & (paired["key"] == "heldout/loss")]
     assert len(loss) == 2 and (loss["verdict"] == "within noise").all()
+    # The p-value goes with the interval; Holm's family is the main metrics' 2 m + 2 strategy comparisons x 2.
+    assert ((paired["p"] < 0.05) == ((paired["low"] > 0) | (paired["high"] < 0))).all()
+    micro = paired["key"].str.endswith("_micro")
+    assert paired.loc[micro, "p_holm"].isna().all() and (paired.loc[~micro, "p_holm"] >= paired.loc[~micro, "p"]).all()
+    first = paired.loc[~micro].sort_values("p").iloc[0]
+    assert (~micro).sum() == 8 and first["p_holm"] == pytest.approx(min(1.0, 8 * first["p"]))
+    report = (out / "report.md").read_text()
+    assert "8 intervals of the main metrics" in report and "- entropy: m=2 − m=1, bbh/exact_match (p_holm" in report
     detect = pd.read_csv(out / "detectable.csv").set_index("key")
     assert detect.loc["bbh/exact_match", "examples"] == 600
     assert 0.03 < detect.loc["bbh/exact_match_micro", "detectable (independent)"] < 0.09

@@ -84,6 +84,16 @@ class Difference:
         """True when the interval excludes 0."""
         return self.defined and (self.low > 0 or self.high < 0)
 
+    @property
+    def p_value(self) -> float:
+        """The two-sided p-value of "no difference" that goes with the interval (below 1 - level exactly when the
+        interval excludes 0): the estimate's t statistic on ``df`` degrees of freedom."""
+        if not self.defined:
+            return math.nan
+        if self.se == 0:
+            return 1.0
+        return float(2 * stats.t.sf(abs(self.estimate) / self.se, self.df))
+
 
 @dataclass(frozen=True)
 class SeedVariance:

@@ -59,6 +59,24 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
     return [*lines, _image(figure, out, "final metrics", "no final metrics")]
 
 
+def _many_looks(paired: pd.DataFrame) -> list[str]:
+    """How many of the main metrics' intervals exclude 0, against how many would by chance, and which calls
+    survive Holm's correction over all of them."""
+    main = paired[~paired["key"].astype(str).str.endswith("_micro") & paired["p"].notna()]
+    if main.empty:
+        return []
+    calls = int(((main["low"] > 0) | (main["high"] < 0)).sum())
+    kept = main[main["p_holm"] < 0.05]
+    named = [f"- {r.group}: {r.comparison}, {r.key} (p_holm {'< 0.001' if r.p_holm < 0.001 else f'{r.p_holm:.2g}'})"
+             for r in kept.itertuples()]
+    return ["### Many comparisons at once\n",
+            _how("a 95% interval excludes 0 by chance once in 20 comparisons; Holm's correction (paired.csv: p, p_holm) "
+                 "keeps the calls that have a 5% chance at most that any of them is wrong when nothing differs."),
+            f"{len(main)} intervals of the main metrics (micro averages aside): about {0.05 * len(main):.1f} would "
+            f"exclude 0 by chance; {calls} do. Kept by Holm's correction over all {len(main)}:"
+            + ("\n\n" + "\n".join(named) + "\n" if named else " none.\n")]
+
+
 def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame, spread: pd.DataFrame, pooled: bool) -> list[str]:
     seeds = ("a training run's variance pooled over every cell of the study (next table) for cells that share "
              "seeds and so pair (`--seed_variance pooled`: this assumes a run varies alike in every cell), the "
@@ -97,6 +115,7 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame, spread: pd.DataF
         for (group, comparison), rows in part.groupby(["group", "comparison"], sort=False):
             table = rows[list(shown)].rename(columns=shown)
             lines += [f"**{group}: {comparison}** (A − B)\n", to_markdown(table) + "\n"]
+    lines += _many_looks(paired)
     if detect.empty:
         return lines
     lines += ["### Smallest detectable difference\n",

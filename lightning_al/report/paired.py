@@ -23,7 +23,8 @@ from lightning_al.report.records import aggregate, answer_sets, final_records, m
 from lightning_al.report.runs import Run, strategy_order
 
 PAIRED_COLUMNS = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "paired_seeds", "estimate",
-                  "low", "high", "se", "se_examples", "se_seeds", "df", "seed_variance", "difference", "call", "verdict"]
+                  "low", "high", "se", "se_examples", "se_seeds", "df", "seed_variance", "p", "p_holm", "difference",
+                  "call", "verdict"]
 BASELINE = "random"
 SEED_VARIANCE_COLUMNS = ["key", "runs", "cells", "sd of a run (pooled)", "df", "cell sd min", "cell sd max"]
 
@@ -143,7 +144,8 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
     Only finished runs with records of their last round take part. ``pooled``: the study's seed variances
     by metric (``seed_variance_table``), for paired runs without a seed variance of their own, or with
     ``always_pooled`` for every paired comparison (see ``paired_difference``). Columns: ``PAIRED_COLUMNS``
-    (``seed_variance``: where each comparison's seeds' part came from).
+    (``seed_variance``: where each comparison's seeds' part came from; ``p``: the p-value that goes with the
+    interval; ``p_holm``: adjusted by ``holm`` over the main metrics' comparisons, NaN for micro averages).
     """
     cells = _cells(runs)
     rows = []
@@ -164,10 +166,33 @@ def paired_table(runs: Sequence[Run], replicates: int = 2000, seed: int = 0,
                              "seeds_a": d.seeds_a, "seeds_b": d.seeds_b, "paired_seeds": d.paired_seeds,
                              "estimate": d.estimate, "low": d.low, "high": d.high, "se": d.se,
                              "se_examples": d.se_examples, "se_seeds": d.se_seeds, "df": d.df,
-                             "seed_variance": d.seed_variance, "difference": interval(d),
+                             "seed_variance": d.seed_variance, "p": d.p_value, "difference": interval(d),
                              "call": call(label, d, metric.lower_is_better),
                              "verdict": verdict(label, d, metric.lower_is_better)})
-    return pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    table = pd.DataFrame(rows, columns=PAIRED_COLUMNS)
+    # The family: the main metrics, not their micro averages (the same answers counted another way).
+    main = ~table["key"].astype(str).str.endswith("_micro")
+    table["p_holm"] = math.nan
+    table.loc[main, "p_holm"] = holm(table.loc[main, "p"].to_numpy(dtype=float))
+    return table
+
+
+def holm(p: np.ndarray) -> np.ndarray:
+    """Holm's adjusted p-values: a comparison whose adjusted p is below 0.05 differs with a 5% chance that any of the
+    family's calls is wrong when nothing differs (the family: every finite p given; NaN stays NaN).
+
+    A study makes many comparisons (7 × 4 main metrics for 3 strategies × 2 m), and at 95% each interval excludes 0
+    by chance one time in 20: this says which calls survive that many looks.
+    """
+    p = np.asarray(p, dtype=float)
+    adjusted = np.full(len(p), math.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted
 
 
 def detectable(runs: Sequence[Run], paired: pd.DataFrame) -> pd.DataFrame:
