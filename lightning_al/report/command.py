@@ -62,7 +62,7 @@ def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[
 def _many_looks(paired: pd.DataFrame) -> list[str]:
     """How many of the main metrics' intervals exclude 0, against how many would by chance, and which calls
     survive Holm's correction over all of them."""
-    main = paired[~paired["key"].astype(str).str.endswith("_micro") & paired["p"].notna()]
+    main = paired[paired["p_holm"].notna()]  # Holm's family (``paired_table``): the main metrics' comparisons
     if main.empty:
         return []
     calls = int(((main["low"] > 0) | (main["high"] < 0)).sum())
