@@ -139,6 +139,30 @@ def test_a_dated_chat_template_renders_the_same_prompt_every_day():
     assert formatting.reads_the_clock(tokenizer)
 
 
+def test_the_response_ends_at_the_end_of_turn_marker():
+    """ChatML (SmolLM2, Qwen) and Gemma write a newline after their end-of-turn token. Generation stops at the
+    token, so the newline is never produced: it must be neither a trained target nor a held-out NLL token."""
+    from lightning_al.model.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("char")  # ChatML, "<|im_end|>" its EOS
+    assert tokenizer.apply_chat_template([{"role": "assistant", "content": "4"}], tokenize=False).endswith(
+        "<|im_end|>\n")
+    assert formatting.response_text(tokenizer, "", "What is 2+2?", "4") == "4<|im_end|>"
+    assert formatting.response_text(tokenizer, "", "What is 2+2?", "") == "<|im_end|>"
+    # A response that itself spells a marker before the template's own one is not cut inside its text.
+    assert formatting.response_text(tokenizer, "", "q", "a <s> b") == "a <s> b<|im_end|>"
+    ids = formatting.tokenize_example({"system": "", "prompt": "What is 2+2?", "response": "4"}, tokenizer, 512,
+                                      256)["input_ids"]
+    assert ids[-2:] == [tokenizer.convert_tokens_to_ids("4"), tokenizer.eos_token_id]
+    # Gemma's turn: "<end_of_turn>" (a special added token, not the EOS) then a newline.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<start_of_turn>", "<end_of_turn>"]})
+    tokenizer.chat_template = (
+        "{% for m in messages %}<start_of_turn>{{ 'model' if m.role == 'assistant' else m.role }}\n"
+        "{{ m.content }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    )
+    assert formatting.response_text(tokenizer, "", "q", "4") == "4<end_of_turn>"
+
+
 @pytest.mark.parametrize("template", ["plain", "chat without BOS", "chat with BOS"])
 def test_pool_prompts_start_with_the_bos_the_tokenizer_adds(template):
     """A tokenizer that puts a BOS before every text (Llama, Mistral, Gemma): pool prompts start with it once,

@@ -38,10 +38,11 @@ def prompt_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str) ->
 
 
 def response_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str, response: str) -> str:
-    """What the model must produce after the prompt, end-of-turn marker included.
+    """What the model must produce after the prompt, end-of-turn marker included and nothing after it.
 
     Derived as the chat template's full conversation minus its prompt, so that the end-of-turn
-    token of the tokenizer's own template (``<|eot_id|>``, ``<|im_end|>``, ...) is learnt.
+    token of the tokenizer's own template (``<|eot_id|>``, ``<|im_end|>``, ...) is learnt; cut after
+    that marker (see :func:`through_end_of_turn`).
     """
     if not tokenizer.chat_template:
         return response + (tokenizer.eos_token or "")
@@ -50,7 +51,32 @@ def response_text(tokenizer: PreTrainedTokenizerBase, system: str, prompt: str, 
     head = prompt_text(tokenizer, system, prompt)
     if not full.startswith(head):
         raise ValueError("the tokenizer's chat template renders the prompt differently with and without the answer")
-    return full[len(head) :]
+    return through_end_of_turn(tokenizer, full[len(head) :], response)
+
+
+def through_end_of_turn(tokenizer: PreTrainedTokenizerBase, tail: str, response: str) -> str:
+    """``tail`` (the response as the template writes it) up to and including the first special token after the
+    response's own text.
+
+    ChatML templates (SmolLM2, Qwen) write a newline after ``<|im_end|>`` and Gemma's after ``<end_of_turn>``:
+    generation stops at the marker, so that newline is never produced, yet it would be a trained target and
+    count in the held-out NLL. A template whose turn ends in plain text, or that rewrites the response so it
+    cannot be found, is left as it is.
+    """
+    content = response.strip()
+    begin = tail.find(content)
+    if begin < 0:
+        return tail
+    after = begin + len(content)
+    specials = set(tokenizer.all_special_tokens) | {
+        added.content for added in tokenizer.added_tokens_decoder.values() if added.special
+    }
+    # The earliest marker; of two starting there, the longer (a special token may be a prefix of another).
+    found = [(at, -len(token)) for token in specials if token and (at := tail.find(token, after)) >= 0]
+    if not found:
+        return tail
+    at, minus_length = min(found)
+    return tail[: at - minus_length]
 
 
 def content_span(text: str, content: str, offsets: list[tuple[int, int]] | None, num_tokens: int) -> tuple[int, int]:

@@ -18,7 +18,7 @@ from transformers import PreTrainedTokenizerBase
 
 from lightning_al.data.formatting import reads_the_clock, tokenize_batch
 
-_FORMAT_VERSION = "5"  # bump when tokenize_example changes, to invalidate old caches
+_FORMAT_VERSION = "6"  # bump when tokenize_example changes, to invalidate old caches
 _TRUNCATION_SAMPLE = 256  # examples tokenized up front to catch a max_length far too short
 _SAMPLE_BATCH = 32  # of them tokenized at a time (their token offsets as Python tuples: ~2 MiB per 1,000 tokens)
 

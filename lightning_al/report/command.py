@@ -22,7 +22,13 @@ def _how(text: str) -> str:
     return f"_How to read: {text}_\n"
 
 
-def _image(path: Path | None, out: Path, alt: str, missing: str) -> str:
+#: What ``make_report(plots=False)`` passes for a figure: not drawn, as against ``None``, nothing to draw.
+NOT_DRAWN = False
+
+
+def _image(path: Path | None | bool, out: Path, alt: str, missing: str) -> str:
+    if path is NOT_DRAWN:
+        return f"_Figure not drawn ({alt}): the report was made with --no_plots._\n"
     if path is None:
         return f"_Skipped figure ({alt}): {missing}._\n"
     return f"![{alt}]({path.relative_to(out).as_posix()})\n"
@@ -42,7 +48,7 @@ def _runs_section(runs: Sequence[Run]) -> list[str]:
             to_markdown(pd.DataFrame(rows)) + "\n", note]
 
 
-def _final_section(final: pd.DataFrame, figure: Path | None, out: Path) -> list[str]:
+def _final_section(final: pd.DataFrame, figure: Path | None | bool, out: Path) -> list[str]:
     lines = ["## Final metrics by strategy × m\n",
              _how("value after the last round (all B examples labeled), finished runs only; mean ± sample std "
                   "over seeds, n = number of seeds. Lower is better for loss and perplexity, higher for "
@@ -183,14 +189,16 @@ def _selection_section(runs: Sequence[Run], summary: pd.DataFrame, overlap: pd.D
     return lines
 
 
-def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: str = "comparison") -> Path:
+def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: str = "comparison",
+                plots_wanted: bool = True) -> Path:
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
     seed_variance.csv, detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
     or folders of them (see ``load_runs``). ``seed_variance``: the training runs' variance in the paired
     intervals, ``comparison`` (each comparison's own runs; lone runs of one seed the study's pooled one) or
-    ``pooled`` (the study's pooled one for every comparison of cells that pair).
+    ``pooled`` (the study's pooled one for every comparison of cells that pair). ``plots_wanted=False`` draws no
+    figure (the tables and report.md are the same; drawing is most of a large study's report time).
     """
     if seed_variance not in ("comparison", "pooled"):
         raise ValueError(f"seed_variance must be 'comparison' or 'pooled', not {seed_variance!r}")
@@ -217,21 +225,25 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     spread.to_csv(out / "seed_variance.csv", index=False)
     detect.to_csv(out / "detectable.csv", index=False)
 
-    main = main_metrics(long)
-    curves = plots.plot_learning_curves(main, plot_dir)
-    figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
-               "scores": plots.plot_score_distributions(runs, plot_dir)}
+    if plots_wanted:
+        curves = plots.plot_learning_curves(main_metrics(long), plot_dir)
+        figures = {"tasks": plots.plot_task_composition(runs, plot_dir), "lengths": plots.plot_lengths(runs, plot_dir),
+                   "scores": plots.plot_score_distributions(runs, plot_dir),
+                   "final": plots.plot_final_metrics(final, plot_dir)}
+    else:
+        curves, figures = [], dict.fromkeys(("tasks", "lengths", "scores", "final"), NOT_DRAWN)
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
              "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, cost.csv, overlap.csv, "
              "selection.csv, acquired.csv; "
              "figures in plots/.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
-    lines += _final_section(final, plots.plot_final_metrics(final, plot_dir), out)
+    lines += _final_section(final, figures["final"], out)
     lines += _paired_section(paired, detect, spread, seed_variance == "pooled")
     lines += ["## Learning curves\n", _how("each main metric against the number of labeled examples, one line "
                                            "per strategy and m (mean over seeds, band = ± std).")]
-    lines += [_image(p, out, p.stem, "") for p in curves] or ["_Skipped: no per-round metrics._\n"]
+    lines += [_image(p, out, p.stem, "") for p in curves] or [
+        "_Skipped: no per-round metrics._\n" if plots_wanted else _image(NOT_DRAWN, out, "learning curves", "")]
     lines += _cost_section(cost)
     lines += _selection_section(runs, summary, overlap_summary(overlap), figures, out)
     report = out / "report.md"
@@ -254,10 +266,12 @@ def main(argv: list[str] | None = None) -> None:
                         "runs of one seed: the study's pooled variance), or pooled over every cell of the study "
                         "for every comparison of cells that pair (more degrees of freedom; assumes a run varies "
                         "alike in every cell) (default: %(default)s)")
+    parser.add_argument("--no_plots", action="store_true",
+                        help="write the tables and report.md without drawing the figures (faster)")
     args = parser.parse_args(argv)
     out = args.out or str(Path("reports") / Path(args.run_dirs[0]).resolve().name)
     try:
-        report = make_report(args.run_dirs, out, seed_variance=args.seed_variance)
+        report = make_report(args.run_dirs, out, seed_variance=args.seed_variance, plots_wanted=not args.no_plots)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
     print(f"Report written to {report} (tables and plots/ beside it)")
