@@ -340,6 +340,27 @@ def test_report_makes_the_paired_tables_from_the_records_alone(tmp_path: Path) -
     assert "| within noise |" in text and "| m=2 better |" in text and "**entropy: m=2 − m=1** (A − B)" in text
 
 
+def test_answered_table_counts_the_generations_whose_answer_was_read(tmp_path: Path) -> None:
+    """answered.csv: per finished run and generative set, how many final-round answers the extraction read and
+    how many of those were right; multiple-choice and loss records have no answer to read."""
+    for seed, unread in ((0, 3), (1, 5)):
+        run_dir = write_run(tmp_path / "study", "entropy", 2, seed, metrics=False)
+        rows = [{"id": str(i), "task": "t", "correct": int(i in (5, 6, 7)), "target": "x", "generation": "...",
+                 "answer": None if i < unread else ("" if i == unread else "x")} for i in range(10)]
+        _write_records(run_dir, 1, "bbh", rows + rows[:1])  # a repeated row counts once
+        _write_records(run_dir, 0, "bbh", [{**row, "answer": "x"} for row in rows])  # not the last round
+        _write_records(run_dir, 1, "mmlu", [{"id": "q", "task": "t", "correct": 1, "chosen": 0}])
+    write_run(tmp_path / "study", "entropy", 2, 2, done=1, metrics=False)  # unfinished: left out
+    out = tmp_path / "out"
+    main([str(tmp_path / "study"), "--out", str(out), "--no_plots"])
+    table = pd.read_csv(out / "answered.csv")
+    assert list(table["seed"]) == [0, 1] and set(table["set"]) == {"bbh"} and (table["examples"] == 10).all()
+    # Seed 0: ids 0-2 unread, 3 empty; 6 read, ids 5-7 right. Seed 1: ids 0-4 unread, 5 empty; 4 read, 6-7 right.
+    assert list(table["answered"]) == [6, 4] and list(table["answered_share"]) == [0.6, 0.4]
+    assert table["right_when_answered"].tolist() == pytest.approx([3 / 6, 2 / 4])
+    assert "| bbh | entropy | 2 | 2 | 0.5 ± 0.14 | 6 / 4 of 10 | 0.5 ± 0 |" in (out / "report.md").read_text()
+
+
 def test_a_renamed_held_out_answer_set_keeps_its_metric_name(tmp_path: Path) -> None:
     """HeldOutAnswers(name="flan") logs flan/answer_exact_match; its records look like BBH's, so the report
     names them from the run's config, not from the file name (which would give flan/exact_match)."""
@@ -388,7 +409,8 @@ def test_the_committed_cpu_study_report_is_what_its_committed_records_give(tmp_p
     main(["results/smollm2-cpu", "--out", str(tmp_path), "--no_plots"])  # figures: test_report; they take half
     assert not any((tmp_path / "plots").iterdir())
     assert "_Figure not drawn (learning curves)" in (tmp_path / "report.md").read_text()
-    for name in ("final.csv", "metrics.csv", "cost.csv", "overlap.csv", "selection.csv", "acquired.csv"):
+    for name in ("final.csv", "metrics.csv", "cost.csv", "overlap.csv", "selection.csv", "acquired.csv",
+                 "answered.csv"):
         assert (tmp_path / name).read_text() == (committed / name).read_text(), name
     ours, theirs = (pd.read_csv(folder / "paired.csv") for folder in (tmp_path, committed))
     columns = ["kind", "group", "comparison", "key", "examples", "seeds_a", "seeds_b", "estimate"]

@@ -10,6 +10,7 @@ import pandas as pd
 
 from lightning_al.report import plots
 from lightning_al.report.paired import detectable, paired_table, seed_variance_table
+from lightning_al.report.records import answered_table
 from lightning_al.report.runs import Run, all_acquired, load_runs
 from lightning_al.report.selection import overlap_summary, overlap_table, selection_summary
 from lightning_al.report.tables import cost_table, final_long, main_metrics, mean_std, metrics_long, to_markdown
@@ -134,6 +135,24 @@ def _paired_section(paired: pd.DataFrame, detect: pd.DataFrame, spread: pd.DataF
     return lines
 
 
+def _answered_section(answered: pd.DataFrame) -> list[str]:
+    if answered.empty:
+        return []
+    rows = []
+    for (name, strategy, m), cell in answered.groupby(["set", "strategy", "m"], sort=False):
+        share, right = cell["answered_share"], cell["right_when_answered"]
+        rows.append({"set": name, "strategy": strategy, "m": m, "n": len(cell),
+                     "answered": mean_std(share.mean(), share.std(), 3),
+                     "per seed": " / ".join(str(a) for a in cell["answered"]) + f" of {cell['examples'].max()}",
+                     "right when answered": mean_std(right.mean(), right.std(), 3)})
+    return ["### Generations that end in an answer\n",
+            _how("share of the last round's generations whose answer the extraction can read (mean ± std over "
+                 "seeds; answered.csv per run), and how many of those are right. Exact match counts an unread "
+                 "answer as wrong, so a difference in exact match with an equal difference here is about finishing "
+                 "the chain of thought, not reasoning."),
+            to_markdown(pd.DataFrame(rows).sort_values("set", kind="stable")) + "\n"]
+
+
 def _cost_section(cost: pd.DataFrame) -> list[str]:
     lines = ["## Cost per cell\n", _how("cumulative cost at the end of each run's last round: tokens scored by "
                                         "the acquisition passes, tokens trained on, wall-clock seconds.")]
@@ -194,7 +213,7 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
-    seed_variance.csv, detectable.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
+    seed_variance.csv, detectable.csv, answered.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
     or folders of them (see ``load_runs``). ``seed_variance``: the training runs' variance in the paired
     intervals, ``comparison`` (each comparison's own runs; lone runs of one seed the study's pooled one) or
     ``pooled`` (the study's pooled one for every comparison of cells that pair). ``plots_wanted=False`` draws no
@@ -224,6 +243,8 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     paired.to_csv(out / "paired.csv", index=False)
     spread.to_csv(out / "seed_variance.csv", index=False)
     detect.to_csv(out / "detectable.csv", index=False)
+    answered = answered_table(runs)
+    answered.to_csv(out / "answered.csv", index=False)
 
     if plots_wanted:
         curves = plots.plot_learning_curves(main_metrics(long), plot_dir)
@@ -233,13 +254,15 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     else:
         curves, figures = [], dict.fromkeys(("tasks", "lengths", "scores", "final"), NOT_DRAWN)
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
-             "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, cost.csv, overlap.csv, "
+             "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, answered.csv, cost.csv, "
+             "overlap.csv, "
              "selection.csv, acquired.csv; "
              "figures in plots/.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
     lines += _final_section(final, figures["final"], out)
     lines += _paired_section(paired, detect, spread, seed_variance == "pooled")
+    lines += _answered_section(answered)
     lines += ["## Learning curves\n", _how("each main metric against the number of labeled examples, one line "
                                            "per strategy and m (mean over seeds, band = ± std).")]
     lines += [_image(p, out, p.stem, "") for p in curves] or [

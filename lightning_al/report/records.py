@@ -9,6 +9,7 @@ metrics.jsonl holds for that round.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,3 +80,33 @@ def aggregate(num: np.ndarray, den: np.ndarray, tasks: np.ndarray, macro: bool) 
 def final_records(run: Run) -> dict[str, pd.DataFrame]:
     """The records of the run's last round (m - 1), or {} when it has none (an unfinished or older run)."""
     return read_records(run, run.rounds - 1)
+
+
+ANSWERED_COLUMNS = ["run", "strategy", "m", "seed", "set", "examples", "answered", "answered_share",
+                    "right_when_answered"]
+
+
+def answered_table(runs: Sequence[Run]) -> pd.DataFrame:
+    """Per finished run and generative set (records with an extracted ``answer``: BBH, held-out answers), after
+    the last round: how many generations end in an answer the extraction can read, and the share of those
+    that are right (columns: ``ANSWERED_COLUMNS``).
+
+    A small model's chain of thought often runs out of tokens before "So the answer is ...": exact match
+    then counts that as a wrong answer, and two cells can differ in exact match by how often they finish
+    rather than by how well they reason. This table tells the two apart.
+    """
+    rows = []
+    for run in runs:
+        if not run.finished:
+            continue
+        for name, frame in final_records(run).items():
+            if not {"answer", "correct"} <= set(frame.columns):
+                continue
+            frame = frame.drop_duplicates("id")
+            read = frame["answer"].notna() & (frame["answer"].astype(str).str.strip() != "")
+            right = frame.loc[read, "correct"].astype(float)
+            rows.append({"run": run.name, "strategy": run.strategy, "m": run.rounds, "seed": run.seed, "set": name,
+                         "examples": len(frame), "answered": int(read.sum()),
+                         "answered_share": float(read.mean()) if len(frame) else float("nan"),
+                         "right_when_answered": float(right.mean()) if len(right) else float("nan")})
+    return pd.DataFrame(rows, columns=ANSWERED_COLUMNS)

@@ -130,6 +130,8 @@ def mean_std(mean: float, std: float, digits: int = 4) -> str:
     """``mean ± std``; just the mean when std is undefined (a single seed)."""
     if std is None or (isinstance(std, float) and math.isnan(std)):
         return format_value(mean, digits)
+    if abs(std) <= 1e-12 * max(abs(mean), 1.0):  # equal values' std in floating point (3e-17): zero
+        std = 0.0
     return f"{mean:.{digits}g} ± {std:.2g}"
 
 
