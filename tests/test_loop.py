@@ -226,3 +226,25 @@ def test_a_resumed_rank_gets_its_own_rng_state(tmp_path):
         loop.load_state_dict(saved)
         loop.on_train_start(SimpleNamespace(global_rank=rank, world_size=world), None)
         assert torch.equal(torch.get_rng_state(), expected["torch"]), (world, rank)
+
+
+@pytest.mark.parametrize("policy", ["scratch", "continue"])
+def test_every_round_starts_with_a_new_optimizer_and_under_scratch_from_the_initial_adapter(workdir, monkeypatch,
+                                                                                           policy):
+    """The study's m=1 and m=2 end with the same training on B examples only if scratch retraining restarts at
+    each round: the adapter at its initial weights, an optimizer without AdamW's moments. continue keeps the
+    adapter (the contrast shows that the check can fail), with a new optimizer too."""
+    firsts = []
+    step = LoRALanguageModel.training_step
+
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 0 and self.trainer.current_epoch % 2 == 0:  # a round's first step (2 epochs a round)
+            initial = all(torch.equal(p.detach(), self.initial_adapter[name].to(p.device))
+                          for name, p in self.adapter_state().items())
+            firsts.append((self.trainer.current_epoch, initial, len(self.trainer.optimizers[0].state)))
+        return step(self, batch, batch_idx)
+
+    monkeypatch.setattr(LoRALanguageModel, "training_step", training_step)
+    main(["fit", *tiny_run_args(workdir, **{"loop.retraining": policy, "loop.rounds": 3, "loop.budget": 24,
+                                            "loop.diversity_sample": 0})])
+    assert firsts == [(0, True, 0), (2, policy == "scratch", 0), (4, policy == "scratch", 0)]
