@@ -23,7 +23,7 @@ def _how(text: str) -> str:
     return f"_How to read: {text}_\n"
 
 
-#: What ``make_report(plots=False)`` passes for a figure: not drawn, as against ``None``, nothing to draw.
+#: A figure ``make_report(plots_wanted=False)`` did not draw, as against ``None``: nothing to draw.
 NOT_DRAWN = False
 
 
@@ -213,8 +213,8 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
     """Write the study's report into ``out`` and return the path of ``out/report.md``.
 
     Files: report.md, metrics.csv, acquired.csv, overlap.csv, selection.csv, cost.csv, final.csv, paired.csv,
-    seed_variance.csv, detectable.csv, answered.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run directories
-    or folders of them (see ``load_runs``). ``seed_variance``: the training runs' variance in the paired
+    seed_variance.csv, detectable.csv, answered.csv and the PNGs under ``out/plots/``. ``run_dirs`` may list run
+    directories or folders of them (see ``load_runs``). ``seed_variance``: the training runs' variance in the paired
     intervals, ``comparison`` (each comparison's own runs; lone runs of one seed the study's pooled one) or
     ``pooled`` (the study's pooled one for every comparison of cells that pair). ``plots_wanted=False`` draws no
     figure (the tables and report.md are the same; drawing is most of a large study's report time).
@@ -255,9 +255,7 @@ def make_report(run_dirs: Sequence[str | Path], out: str | Path, seed_variance: 
         curves, figures = [], dict.fromkeys(("tasks", "lengths", "scores", "final"), NOT_DRAWN)
     intro = (f"{len(runs)} runs, {sum(r.finished for r in runs)} finished. Tables: metrics.csv (every metric of "
              "every round), final.csv, paired.csv, seed_variance.csv, detectable.csv, answered.csv, cost.csv, "
-             "overlap.csv, "
-             "selection.csv, acquired.csv; "
-             "figures in plots/.\n")
+             f"overlap.csv, selection.csv, acquired.csv; {'figures in plots/' if plots_wanted else 'no figures'}.\n")
     lines = ["# Active-learning report\n", intro]
     lines += _runs_section(runs)
     lines += _final_section(final, figures["final"], out)
@@ -297,4 +295,4 @@ def main(argv: list[str] | None = None) -> None:
         report = make_report(args.run_dirs, out, seed_variance=args.seed_variance, plots_wanted=not args.no_plots)
     except (FileNotFoundError, ValueError) as err:
         parser.exit(1, f"{parser.prog}: error: {err}\n")
-    print(f"Report written to {report} (tables and plots/ beside it)")
+    print(f"Report written to {report} (tables{'' if args.no_plots else ' and plots/'} beside it)")
